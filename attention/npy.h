@@ -1,0 +1,27 @@
+// Reading and writing NumPy .npy files (format version 1.0 to 3.0, little-endian, C order).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attn {
+
+struct NpyArray {
+  std::vector<int64_t> shape;
+  std::vector<float> data;  // float32 (float64 files are converted)
+};
+
+// Throws RuntimeError with a one-line message naming the file and the problem: bad magic or
+// header, Fortran order, a dtype other than <f4/<f8, truncated data, NaN/Inf values.
+NpyArray read_npy(const std::string& path);
+// Writes float32 atomically (temporary file, then rename).
+void write_npy(const std::string& path, const std::vector<int64_t>& shape, const float* data);
+// Parses an in-memory .npy image (used by read_npy; exposed for tests).
+NpyArray parse_npy(const std::string& bytes, const std::string& name);
+
+// Writes `contents` to `path` through a temporary file in the same directory and a rename,
+// so readers never see a half-written file.
+void write_file_atomic(const std::string& path, const std::string& contents);
+
+}  // namespace attn

@@ -1,0 +1,189 @@
+#include "attention/registry.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+namespace attn {
+
+// Adding a variant: write attention/NAME.cpp with a NAME_variant() function, declare it in
+// registry.h and add it here.
+const std::vector<VariantInfo>& variants() {
+  static const std::vector<VariantInfo> all = {
+      reference_variant(),
+      full_materialized_variant(),
+      full_variant(),
+  };
+  return all;
+}
+
+namespace {
+
+std::string join_names() {
+  std::string s;
+  for (const auto& v : variants()) s += (s.empty() ? "" : ", ") + v.name;
+  return s;
+}
+
+std::string join_keys(const VariantInfo& info) {
+  if (info.params.empty()) return "(none)";
+  std::string s;
+  for (const auto& p : info.params) s += (s.empty() ? "" : ", ") + p.key;
+  return s;
+}
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+bool parse_bool(const std::string& v, bool& out) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on") return out = true, true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return out = false, true;
+  return false;
+}
+
+std::string format_number(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+// Checks one value against its spec and returns it in canonical form.
+std::string check_value(const VariantInfo& info, const ParamSpec& p, const std::string& value) {
+  auto fail = [&](const std::string& why) {
+    throw UsageError(info.name + ": parameter " + p.key + "=" + value + " " + why + "; expected " +
+                     p.describe());
+  };
+  switch (p.kind) {
+    case ParamSpec::Kind::Int: {
+      char* end = nullptr;
+      errno = 0;
+      long long v = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || errno) fail("is not an integer");
+      if (v < p.min || v > p.max) fail("is out of range");
+      return std::to_string(v);
+    }
+    case ParamSpec::Kind::Float: {
+      char* end = nullptr;
+      double v = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || !std::isfinite(v)) fail("is not a finite number");
+      if (v < p.min || v > p.max) fail("is out of range");
+      return value;
+    }
+    case ParamSpec::Kind::Bool: {
+      bool b;
+      if (!parse_bool(value, b)) fail("is not true or false");
+      return b ? "true" : "false";
+    }
+    case ParamSpec::Kind::Choice:
+      for (const auto& c : p.choices)
+        if (c == value) return value;
+      fail("is not one of the choices");
+      break;
+    case ParamSpec::Kind::Text:
+      if (value.empty()) fail("is empty");
+      return value;
+  }
+  return value;
+}
+
+}  // namespace
+
+std::string ParamSpec::describe() const {
+  std::ostringstream s;
+  s << key << "=";
+  switch (kind) {
+    case Kind::Int:
+    case Kind::Float:
+      s << (kind == Kind::Int ? "int" : "number");
+      if (min > -1e299 && max < 1e299)
+        s << " in [" << format_number(min) << ", " << format_number(max) << "]";
+      else if (min > -1e299)
+        s << " >= " << format_number(min);
+      else if (max < 1e299)
+        s << " <= " << format_number(max);
+      break;
+    case Kind::Bool:
+      s << "true|false";
+      break;
+    case Kind::Choice:
+      for (size_t i = 0; i < choices.size(); ++i) s << (i ? "|" : "") << choices[i];
+      break;
+    case Kind::Text:
+      s << "text";
+      break;
+  }
+  s << " (default " << (default_value.empty() ? "none" : default_value) << ")";
+  return s.str();
+}
+
+const std::string& Params::get(const std::string& key) const {
+  auto it = values.find(key);
+  if (it == values.end()) throw std::logic_error("undeclared parameter " + key);
+  return it->second;
+}
+int64_t Params::get_int(const std::string& key) const {
+  return std::stoll(get(key));
+}
+double Params::get_float(const std::string& key) const {
+  return std::stod(get(key));
+}
+bool Params::get_bool(const std::string& key) const {
+  return get(key) == "true";
+}
+
+const VariantInfo& find_variant(const std::string& name) {
+  for (const auto& v : variants())
+    if (v.name == name) return v;
+  throw UsageError("unknown variant '" + name + "'; valid variants: " + join_names() +
+                   " (see `attnbench list`)");
+}
+
+Params parse_params(const VariantInfo& info, const std::string& body) {
+  Params out;
+  for (const auto& p : info.params)
+    if (!p.default_value.empty()) out.values[p.key] = p.default_value;
+  std::stringstream ss(body);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item = trim(item);
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    if (eq == std::string::npos)
+      throw UsageError(info.name + ": parameter '" + item +
+                       "' needs the form key=value; valid keys: " + join_keys(info));
+    std::string key = trim(item.substr(0, eq)), value = trim(item.substr(eq + 1));
+    const ParamSpec* spec = nullptr;
+    for (const auto& p : info.params)
+      if (p.key == key) spec = &p;
+    if (!spec)
+      throw UsageError(info.name + ": unknown parameter '" + key +
+                       "'; valid keys: " + join_keys(info));
+    out.values[key] = check_value(info, *spec, value);
+  }
+  for (const auto& p : info.params)
+    if (!out.values.count(p.key))
+      throw UsageError(info.name + ": parameter " + p.key + " is required; " + p.describe());
+  return out;
+}
+
+std::unique_ptr<Attention> make_attention(const std::string& spec) {
+  std::string s = trim(spec);
+  size_t colon = s.find(':');
+  std::string name = trim(s.substr(0, colon));
+  if (name.empty())
+    throw UsageError("empty variant spec; expected name[:key=value,...], e.g. full");
+  const VariantInfo& info = find_variant(name);
+  Params p = parse_params(info, colon == std::string::npos ? "" : s.substr(colon + 1));
+  return info.make(p);
+}
+
+void Attention::save_random(const std::string&, const Shape&) const {
+  throw UsageError(name() + " has no random state to export");
+}
+void Attention::load_random(const std::string&, const Shape&) {
+  throw UsageError(name() + " has no random state to import");
+}
+
+}  // namespace attn

@@ -1,0 +1,57 @@
+// Variant spec strings ("name:key=value,key=value") to Attention instances.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/attention.h"
+
+namespace attn {
+
+// One parameter a variant accepts. Values are validated before the factory sees them.
+struct ParamSpec {
+  enum class Kind { Int, Float, Bool, Choice, Text };
+  std::string key;
+  Kind kind = Kind::Int;
+  std::string default_value;
+  std::string doc;
+  double min = -1e300, max = 1e300;  // inclusive range for Int and Float
+  std::vector<std::string> choices;  // for Choice
+
+  std::string describe() const;  // "radius=int ≥ 0 (default 256): doc"
+};
+
+// The validated parameters handed to a factory: every declared key has a value.
+class Params {
+ public:
+  int64_t get_int(const std::string& key) const;
+  double get_float(const std::string& key) const;
+  bool get_bool(const std::string& key) const;
+  const std::string& get(const std::string& key) const;
+  ParamValues values;
+};
+
+struct VariantInfo {
+  std::string name;
+  std::string doc;  // what it computes, what it approximates, its cost
+  std::vector<ParamSpec> params;
+  std::function<std::unique_ptr<Attention>(const Params&)> make;
+};
+
+// Every registered variant, in listing order.
+const std::vector<VariantInfo>& variants();
+const VariantInfo& find_variant(const std::string& name);  // UsageError listing valid names
+
+// Parses and validates a spec; UsageError on unknown names or keys and bad or
+// out-of-range values, with what is valid.
+std::unique_ptr<Attention> make_attention(const std::string& spec);
+Params parse_params(const VariantInfo& info, const std::string& body);
+
+// The registrations: one function per variant file (see registry.cpp).
+VariantInfo reference_variant();
+VariantInfo full_materialized_variant();
+VariantInfo full_variant();
+
+}  // namespace attn

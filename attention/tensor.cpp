@@ -1,0 +1,85 @@
+#include "attention/tensor.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <new>
+#include <sstream>
+
+namespace attn {
+
+float Shape::softmax_scale() const {
+  return scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim));
+}
+
+void Shape::check() const {
+  auto positive = [](int64_t v, const char* name) {
+    if (v <= 0)
+      throw UsageError(std::string(name) + " must be a positive integer, got " + std::to_string(v));
+  };
+  positive(batch, "batch");
+  positive(heads, "heads");
+  positive(nq, "query length");
+  positive(nk, "key length");
+  positive(dim, "head dim");
+  if (causal && nq != nk)
+    throw UsageError("causal attention needs equal query and key lengths, got Nq=" +
+                     std::to_string(nq) + " Nk=" + std::to_string(nk));
+  if (!std::isfinite(scale)) throw UsageError("scale must be finite");
+}
+
+std::string Shape::str() const {
+  std::ostringstream s;
+  s << "B=" << batch << " H=" << heads << " Nq=" << nq << " Nk=" << nk << " D=" << dim
+    << (causal ? " causal" : "");
+  return s.str();
+}
+
+float* alloc_floats(size_t count) {
+  size_t bytes = (count * sizeof(float) + 63) / 64 * 64;
+  // operator new (aligned) so that the harness's allocation hook counts it.
+  return static_cast<float*>(::operator new(bytes, std::align_val_t(64)));
+}
+
+void free_floats(float* p) {
+  if (p) ::operator delete(p, std::align_val_t(64));
+}
+
+void Tensor::Free::operator()(float* p) const {
+  free_floats(p);
+}
+
+Tensor::Tensor(int64_t batch, int64_t heads, int64_t seq, int64_t dim)
+    : b_(batch), h_(heads), n_(seq), d_(dim) {
+  if (batch <= 0 || heads <= 0 || seq <= 0 || dim <= 0)
+    throw UsageError("tensor dimensions must be positive");
+  data_.reset(alloc_floats(static_cast<size_t>(size())));
+}
+
+void Tensor::fill(float value) {
+  for (int64_t i = 0; i < size(); ++i) data_[i] = value;
+}
+
+double available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024.0;
+    f.ignore(256, '\n');
+  }
+  return 8.0 * (1ull << 30);  // unknown: assume a modest machine
+}
+
+void check_fits_in_memory(double bytes, const std::string& what) {
+  double avail = available_memory_bytes();
+  if (bytes > 0.9 * avail) {
+    std::ostringstream s;
+    s.precision(3);
+    s << what << " needs about " << bytes / (1 << 30) << " GiB but only " << avail / (1 << 30)
+      << " GiB of memory is available; use a smaller size";
+    throw RuntimeError(s.str());
+  }
+}
+
+}  // namespace attn

@@ -1,0 +1,97 @@
+// Tensors, problem shapes and the error types every part of attn uses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace attn {
+
+// A mistake in what the user asked for (unknown variant, bad parameter, impossible shape):
+// the CLI exits with 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Something went wrong while doing a valid request (bad file, not enough memory): exit 1.
+struct RuntimeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The attention problem: [B, H, Nq, D] queries against [B, H, Nk, D] keys and values.
+struct Shape {
+  int64_t batch = 1;
+  int64_t heads = 1;
+  int64_t nq = 0;
+  int64_t nk = 0;
+  int64_t dim = 64;
+  bool causal = false;
+  float scale = 0.0f;  // 0 means the usual 1/sqrt(dim)
+
+  float softmax_scale() const;
+  int64_t heads_total() const { return batch * heads; }
+  // Throws UsageError unless every size is positive (and causal problems are square).
+  void check() const;
+  std::string str() const;
+};
+
+// fp32, contiguous, 64-byte aligned, layout [batch, heads, seq, dim].
+class Tensor {
+ public:
+  Tensor() = default;
+  Tensor(int64_t batch, int64_t heads, int64_t seq, int64_t dim);
+
+  int64_t batch() const { return b_; }
+  int64_t heads() const { return h_; }
+  int64_t seq() const { return n_; }
+  int64_t dim() const { return d_; }
+  int64_t size() const { return b_ * h_ * n_ * d_; }
+  size_t bytes() const { return static_cast<size_t>(size()) * sizeof(float); }
+
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  // The [seq, dim] matrix of one (batch, head), rows contiguous with stride dim().
+  float* head(int64_t b, int64_t h) { return data_.get() + (b * h_ + h) * n_ * d_; }
+  const float* head(int64_t b, int64_t h) const { return data_.get() + (b * h_ + h) * n_ * d_; }
+
+  void fill(float value);
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  int64_t b_ = 0, h_ = 0, n_ = 0, d_ = 0;
+  std::unique_ptr<float[], Free> data_;
+};
+
+// Aligned scratch for kernels; allocated through the same hook as Tensor so that the
+// harness's memory accounting sees it.
+float* alloc_floats(size_t count);
+void free_floats(float* p);
+
+struct FloatBuffer {
+  explicit FloatBuffer(size_t count = 0) : p(count ? alloc_floats(count) : nullptr), n(count) {}
+  ~FloatBuffer() { free_floats(p); }
+  FloatBuffer(const FloatBuffer&) = delete;
+  FloatBuffer& operator=(const FloatBuffer&) = delete;
+  FloatBuffer(FloatBuffer&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
+  FloatBuffer& operator=(FloatBuffer&& o) noexcept {
+    std::swap(p, o.p), std::swap(n, o.n);
+    return *this;
+  }
+  float* data() { return p; }
+  const float* data() const { return p; }
+  float& operator[](size_t i) { return p[i]; }
+  size_t size() const { return n; }
+  float* p;
+  size_t n;
+};
+
+// Refuses (RuntimeError) a request for more bytes than this machine has available,
+// before anything is allocated. `what` names the request in the message.
+void check_fits_in_memory(double bytes, const std::string& what);
+// MemAvailable from /proc/meminfo, in bytes.
+double available_memory_bytes();
+
+}  // namespace attn

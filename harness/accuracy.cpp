@@ -1,0 +1,69 @@
+#include "harness/accuracy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+namespace attnbench {
+
+ReferenceSample compute_reference(const attn::Shape& s, const attn::Tensor& q,
+                                  const attn::Tensor& k, const attn::Tensor& v,
+                                  int64_t all_rows_limit, int64_t sample, uint64_t seed,
+                                  const attn::ElementMask* mask) {
+  ReferenceSample ref;
+  ref.all_rows = s.nq <= all_rows_limit || sample >= s.nq;
+  if (ref.all_rows) {
+    ref.rows.resize(s.nq);
+    std::iota(ref.rows.begin(), ref.rows.end(), 0);
+  } else {
+    // Partial Fisher-Yates with a fixed generator: the same rows for the same seed.
+    std::vector<int64_t> all(s.nq);
+    std::iota(all.begin(), all.end(), 0);
+    std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 17);
+    for (int64_t i = 0; i < sample; ++i) {
+      std::uniform_int_distribution<int64_t> pick(i, s.nq - 1);
+      std::swap(all[i], all[pick(rng)]);
+    }
+    ref.rows.assign(all.begin(), all.begin() + sample);
+    std::sort(ref.rows.begin(), ref.rows.end());
+  }
+  const size_t per_head = ref.rows.size() * s.dim;
+  ref.out.resize(per_head * s.heads_total());
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.heads; ++h)
+      attn::reference_rows(s, q, k, v, b, h, ref.rows, mask,
+                           ref.out.data() + (b * s.heads + h) * per_head);
+  return ref;
+}
+
+Accuracy measure_accuracy(const attn::Shape& s, const ReferenceSample& ref,
+                          const attn::Tensor& out) {
+  Accuracy a;
+  double err2 = 0, ref2 = 0, cos_sum = 0;
+  int64_t count = 0;
+  const int64_t D = s.dim, R = int64_t(ref.rows.size());
+  for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
+    const float* oh = out.head(bh / s.heads, bh % s.heads);
+    for (int64_t r = 0; r < R; ++r) {
+      const double* x = ref.out.data() + (bh * R + r) * D;
+      const float* y = oh + ref.rows[r] * D;
+      double dot = 0, xx = 0, yy = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double e = double(y[d]) - x[d];
+        err2 += e * e;
+        a.max_abs = std::max(a.max_abs, std::abs(e));
+        dot += x[d] * y[d], xx += x[d] * x[d], yy += double(y[d]) * y[d];
+      }
+      ref2 += xx;
+      // Two zero rows (fully masked) agree perfectly.
+      cos_sum += (xx == 0 && yy == 0) ? 1.0 : dot / std::sqrt(std::max(xx * yy, 1e-300));
+      ++count;
+    }
+  }
+  a.rel_fro = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  a.mean_cosine = count ? cos_sum / count : 1.0;
+  return a;
+}
+
+}  // namespace attnbench

@@ -1,0 +1,34 @@
+// Accuracy of a variant's output against the fp64 reference on the same inputs.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attention/reference.h"
+
+namespace attnbench {
+
+// The fp64 reference for a set of query rows (all rows, or a seeded random sample when the
+// exact reference over every row would be too expensive). Computed once per input.
+struct ReferenceSample {
+  std::vector<int64_t> rows;  // sorted query rows, the same for every head
+  std::vector<double> out;    // [B, H, rows, D]
+  bool all_rows = false;
+};
+
+// All rows when nq <= all_rows_limit, else `sample` rows drawn with `seed`.
+ReferenceSample compute_reference(const attn::Shape& s, const attn::Tensor& q,
+                                  const attn::Tensor& k, const attn::Tensor& v,
+                                  int64_t all_rows_limit = 4096, int64_t sample = 256,
+                                  uint64_t seed = 0, const attn::ElementMask* mask = nullptr);
+
+struct Accuracy {
+  double rel_fro = 0;      // ‖out − ref‖_F / ‖ref‖_F over the sampled rows
+  double max_abs = 0;      // max |out − ref|
+  double mean_cosine = 0;  // mean over rows of cos(out_i, ref_i)
+};
+
+Accuracy measure_accuracy(const attn::Shape& s, const ReferenceSample& ref,
+                          const attn::Tensor& out);
+
+}  // namespace attnbench

@@ -1,0 +1,78 @@
+#include <boost/program_options.hpp>
+#include <iostream>
+
+#include "attention/npy.h"
+#include "attention/registry.h"
+#include "harness/cli.h"
+
+namespace attnbench {
+namespace {
+
+// [B,H,N,D], [H,N,D] or [N,D] -> a [B,H,N,D] tensor.
+attn::Tensor to_tensor(const attn::NpyArray& a, const std::string& path) {
+  std::vector<int64_t> s = a.shape;
+  if (s.size() < 2 || s.size() > 4)
+    throw attn::RuntimeError(path +
+                             ": expected a 2-D [N,D], 3-D [H,N,D] or 4-D [B,H,N,D] array, got " +
+                             std::to_string(s.size()) + "-D");
+  while (s.size() < 4) s.insert(s.begin(), 1);
+  for (int64_t d : s)
+    if (d == 0) throw attn::RuntimeError(path + ": array has a zero-length dimension");
+  attn::Tensor t(s[0], s[1], s[2], s[3]);
+  std::copy(a.data.begin(), a.data.end(), t.data());
+  return t;
+}
+
+std::string dims(const attn::Tensor& t) {
+  return "[" + std::to_string(t.batch()) + "," + std::to_string(t.heads()) + "," +
+         std::to_string(t.seq()) + "," + std::to_string(t.dim()) + "]";
+}
+
+}  // namespace
+
+int cmd_apply(const Args& args) {
+  namespace po = boost::program_options;
+  std::string spec, qp, kp, vp, outp, random_out, random_in;
+  bool causal = false;
+  float scale = 0.0f;
+  int threads = 0;
+  po::options_description opts("attnbench apply");
+  opts.add_options()("help,h", "this help")("variant", po::value(&spec)->required(),
+                                            "variant spec (see attnbench list)")(
+      "q", po::value(&qp)->required(), "queries .npy: [B,H,N,D], [H,N,D] or [N,D], float32/64")(
+      "k", po::value(&kp)->required(), "keys .npy (same B, H, D as q)")(
+      "v", po::value(&vp)->required(), "values .npy (same shape as k)")(
+      "out", po::value(&outp)->required(), "output .npy (float32, the shape of q)")(
+      "causal", po::bool_switch(&causal), "causal mask (j <= i)")(
+      "scale", po::value(&scale)->default_value(0.0f), "logit scale (0 = 1/sqrt(D))")(
+      "threads", po::value(&threads)->default_value(0), "OpenMP threads (0 = all cores)")(
+      "random-out", po::value(&random_out), "export the variant's random state (.npy) to DIR")(
+      "random-in", po::value(&random_in), "import the variant's random state (.npy) from DIR");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  if (vm.count("help")) return std::cout << opts << "\n", 0;
+  po::notify(vm);
+  set_threads(threads);
+
+  auto attention = attn::make_attention(spec);
+  attn::NpyArray qa = attn::read_npy(qp), ka = attn::read_npy(kp), va = attn::read_npy(vp);
+  const size_t q_rank = qa.shape.size();
+  attn::Tensor q = to_tensor(qa, qp), k = to_tensor(ka, kp), v = to_tensor(va, vp);
+  if (q.batch() != k.batch() || q.heads() != k.heads() || q.dim() != k.dim())
+    throw attn::RuntimeError("q " + dims(q) + " and k " + dims(k) +
+                             " must agree in batch, heads and head dim");
+  if (k.batch() != v.batch() || k.heads() != v.heads() || k.seq() != v.seq() || k.dim() != v.dim())
+    throw attn::RuntimeError("k " + dims(k) + " and v " + dims(v) + " must have the same shape");
+  attn::Shape s{q.batch(), q.heads(), q.seq(), k.seq(), q.dim(), causal, scale};
+  attention->validate(s);
+  if (!random_in.empty()) attention->load_random(random_in, s);
+  attn::Tensor out(s.batch, s.heads, s.nq, s.dim);
+  attention->forward(s, q, k, v, out);
+  if (!random_out.empty()) attention->save_random(random_out, s);
+  std::vector<int64_t> shape = {s.batch, s.heads, s.nq, s.dim};
+  shape.erase(shape.begin(), shape.begin() + (4 - q_rank));
+  attn::write_npy(outp, shape, out.data());
+  return 0;
+}
+
+}  // namespace attnbench

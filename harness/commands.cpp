@@ -1,0 +1,41 @@
+#include <omp.h>
+
+#include <sstream>
+
+#include "attention/tensor.h"
+#include "harness/cli.h"
+
+namespace attnbench {
+
+// Adding a subcommand: write harness/cmd_NAME.cpp and add a line here.
+const std::vector<Command>& commands() {
+  static const std::vector<Command> all = {
+      {"list", "every registered variant with its parameters, defaults and docs", cmd_list},
+      {"run", "time variants over sequence lengths; GFLOP/s, memory, error vs fp64", cmd_run},
+      {"apply", "run one variant on q/k/v .npy files and write the output .npy", cmd_apply},
+  };
+  return all;
+}
+
+std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v <= 0)
+      throw attn::UsageError(what + ": '" + text +
+                             "' is not a comma-separated list of positive integers");
+    out.push_back(v);
+  }
+  if (out.empty()) throw attn::UsageError(what + ": empty list");
+  return out;
+}
+
+void set_threads(int threads) {
+  if (threads < 0) throw attn::UsageError("--threads must be >= 1 (or 0 for all cores)");
+  if (threads > 0) omp_set_num_threads(threads);
+}
+
+}  // namespace attnbench

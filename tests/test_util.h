@@ -1,0 +1,62 @@
+// Shared helpers for the tests: seeded inputs and error against the fp64 reference.
+#pragma once
+
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "attention/reference.h"
+#include "attention/registry.h"
+#include "harness/inputs.h"
+
+namespace attn::test {
+
+inline attnbench::Inputs random_inputs(const Shape& s, uint64_t seed) {
+  attnbench::Inputs in{Tensor(s.batch, s.heads, s.nq, s.dim), Tensor(s.batch, s.heads, s.nk, s.dim),
+                       Tensor(s.batch, s.heads, s.nk, s.dim)};
+  attnbench::fill_gaussian(in.q, seed, 1);
+  attnbench::fill_gaussian(in.k, seed, 2);
+  attnbench::fill_gaussian(in.v, seed, 3);
+  return in;
+}
+
+// ‖out − ref‖_F / ‖ref‖_F.
+inline double relative_error(const Tensor& out, const std::vector<double>& ref) {
+  double e = 0, r = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = double(out.data()[i]) - ref[i];
+    e += d * d, r += ref[i] * ref[i];
+  }
+  return r > 0 ? std::sqrt(e / r) : std::sqrt(e);
+}
+
+inline bool all_finite(const Tensor& t) {
+  for (int64_t i = 0; i < t.size(); ++i)
+    if (!std::isfinite(t.data()[i])) return false;
+  return true;
+}
+
+inline Tensor run_variant(const std::string& spec, const Shape& s, const attnbench::Inputs& in) {
+  auto a = make_attention(spec);
+  a->validate(s);
+  Tensor out(s.batch, s.heads, s.nq, s.dim);
+  a->forward(s, in.q, in.k, in.v, out);
+  return out;
+}
+
+// Runs `f` with the OpenMP thread count set to `threads`, restoring it afterwards.
+template <class F>
+auto with_threads(int threads, F&& f) {
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  auto r = f();
+  omp_set_num_threads(before);
+  return r;
+}
+
+inline bool bit_identical(const Tensor& a, const Tensor& b) {
+  return a.size() == b.size() && std::equal(a.data(), a.data() + a.size(), b.data());
+}
+
+}  // namespace attn::test
