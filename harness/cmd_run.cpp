@@ -7,10 +7,12 @@
 #include <iostream>
 
 #include "attention/kernels/gemm.h"
+#include "attention/positional/positional.h"
 #include "attention/registry.h"
 #include "harness/accuracy.h"
 #include "harness/cli.h"
 #include "harness/inputs.h"
+#include "harness/posenc_hook.h"
 
 namespace attnbench {
 namespace {
@@ -33,7 +35,7 @@ double median_seconds(attn::Attention& a, const attn::Shape& s, const Inputs& in
 int cmd_run(const Args& args) {
   namespace po = boost::program_options;
   std::vector<std::string> specs;
-  std::string seqs;
+  std::string seqs, posenc;
   attn::Shape base;
   int threads = 0, reps = 5;
   uint64_t seed = 0;
@@ -47,7 +49,9 @@ int cmd_run(const Args& args) {
       "causal", po::bool_switch(&base.causal), "causal mask (j <= i)")(
       "threads", po::value(&threads)->default_value(0), "OpenMP threads (0 = all cores)")(
       "seed", po::value(&seed)->default_value(0), "input seed")(
-      "reps", po::value(&reps)->default_value(5), "timed repetitions (median reported)");
+      "reps", po::value(&reps)->default_value(5), "timed repetitions (median reported)")(
+      "posenc", po::value(&posenc),
+      "positional encoding added to q and k (attnbench posenc --list)");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) return std::cout << opts << "\n", 0;
@@ -62,6 +66,7 @@ int cmd_run(const Args& args) {
   for (int64_t n : ns) {
     attn::Shape s = base;
     s.nq = s.nk = n;
+    if (!posenc.empty()) attn::positional::make_encoding(posenc)->init(n, s.dim, 0);
     for (auto& a : variants) {
       a->validate(s);
       double inputs = 4.0 * s.heads_total() * n * s.dim * sizeof(float);
@@ -79,6 +84,7 @@ int cmd_run(const Args& args) {
     attn::Shape s = base;
     s.nq = s.nk = n;
     Inputs in = make_inputs(s, "gaussian", seed);
+    apply_posenc(posenc, in);  // the reference below sees the same encoded inputs
     ReferenceSample ref = compute_reference(s, in.q, in.k, in.v, 4096, 256, seed);
     attn::Tensor out(s.batch, s.heads, s.nq, s.dim);
     for (size_t i = 0; i < variants.size(); ++i) {

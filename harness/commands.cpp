@@ -13,6 +13,7 @@ const std::vector<Command>& commands() {
       {"list", "every registered variant with its parameters, defaults and docs", cmd_list},
       {"run", "time variants over sequence lengths; GFLOP/s, memory, error vs fp64", cmd_run},
       {"apply", "run one variant on q/k/v .npy files and write the output .npy", cmd_apply},
+      {"posenc", "positional encodings: parameter memory, lookup time, .npy tables", cmd_posenc},
   };
   return all;
 }

@@ -1,12 +1,19 @@
 #include "harness/posenc_hook.h"
 
+#include <algorithm>
+
+#include "attention/positional/positional.h"
+
 namespace attnbench {
 
-// Positional encodings arrive with attention/positional/ (issue 7); until then only the
-// empty spec is valid.
-void apply_posenc(const std::string& spec, Inputs&) {
-  if (!spec.empty())
-    throw attn::UsageError("unknown positional encoding '" + spec + "'; none are available yet");
+// The encoding's tables are model parameters, not inputs: they use a fixed seed (0) so that
+// every input seed and variant of a sweep sees the same encoding.
+void apply_posenc(const std::string& spec, Inputs& in) {
+  if (spec.empty()) return;
+  auto enc = attn::positional::make_encoding(spec);
+  enc->init(std::max(in.q.seq(), in.k.seq()), in.q.dim(), 0);
+  enc->add_to(in.q);
+  enc->add_to(in.k);
 }
 
 }  // namespace attnbench

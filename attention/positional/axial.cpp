@@ -1,0 +1,228 @@
+// Axial positional encoding (Reformer; Hugging Face AxialPositionEmbeddings, trax
+// AxialPositionalEncoding, lucidrains axial-positional-embedding): factor tables
+// E_i ∈ R^{l_i × d_i}, Π l_i ≥ n, Σ d_i = D, and E(j) = concat_i E_i[a_i(j)] where a(j) are the
+// digits of j in the mixed radix (l_1, …, l_m). order=row (the code of all three sources, see
+// ALGORITHMS.md §6.2): the last factor varies fastest, so for two factors
+// E(j) = [E1[j div l2], E2[j mod l2]]. order=col (the Hugging Face docs): the first factor varies
+// fastest, E(j) = [E1[j mod l1], E2[j div l1]]. Lookup is a pure gather: 0 FLOPs.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+
+#include "attention/npy.h"
+#include "attention/positional/positional.h"
+
+namespace attn::positional {
+namespace {
+
+std::string join_x(const std::vector<int64_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += 'x';
+    s += std::to_string(v[i]);
+  }
+  return s;
+}
+
+// Smallest l with l^m ≥ n.
+int64_t auto_side(int64_t n, size_t m) {
+  int64_t l = std::max<int64_t>(1, int64_t(std::floor(std::pow(double(n), 1.0 / double(m)))) - 1);
+  auto covers = [&](int64_t side) {
+    double p = 1;
+    for (size_t i = 0; i < m; ++i) p *= double(side);
+    return p >= double(n);
+  };
+  while (!covers(l)) ++l;
+  return l;
+}
+
+class Axial final : public Encoding {
+ public:
+  Axial(const std::string& shape, const std::string& dims, bool row_major) : row_major_(row_major) {
+    if (shape != "auto") spec_l_ = parse_factors(shape, "axial: shape");
+    if (dims != "auto") spec_d_ = parse_factors(dims, "axial: dims");
+    if (!spec_l_.empty() && !spec_d_.empty() && spec_l_.size() != spec_d_.size())
+      throw UsageError("axial: shape=" + shape + " has " + std::to_string(spec_l_.size()) +
+                       " factors but dims=" + dims + " has " + std::to_string(spec_d_.size()) +
+                       "; give one width per factor");
+  }
+  std::string kind() const override { return "axial"; }
+
+  void init(int64_t n, int64_t dim, uint64_t seed) override {
+    if (n <= 0 || dim <= 0)
+      throw UsageError("axial: positions and width must be positive, got n=" + std::to_string(n) +
+                       " D=" + std::to_string(dim));
+    const size_t m = !spec_l_.empty() ? spec_l_.size() : !spec_d_.empty() ? spec_d_.size() : 2;
+    l_ = spec_l_.empty() ? std::vector<int64_t>(m, auto_side(n, m)) : spec_l_;
+    d_ = spec_d_.empty() ? even_split(dim, m) : spec_d_;
+    check_widths(dim);
+    positions_ = covered_positions();
+    if (positions_ < n)
+      throw UsageError("axial: shape=" + join_x(l_) + " covers " + std::to_string(positions_) +
+                       " positions, fewer than the sequence length " + std::to_string(n) +
+                       "; the product of the shape factors must be >= n");
+    double bytes = 0;
+    for (size_t i = 0; i < m; ++i) bytes += double(l_[i]) * double(d_[i]) * sizeof(float);
+    check_fits_in_memory(bytes, "axial factor tables shape=" + join_x(l_) + " dims=" + join_x(d_));
+    tables_.clear();
+    offset_.assign(m, 0);
+    for (size_t i = 0; i < m; ++i) {
+      tables_.emplace_back(size_t(l_[i] * d_[i]));
+      fill_normal(tables_[i].data(), l_[i] * d_[i], seed, i);
+      if (i) offset_[i] = offset_[i - 1] + d_[i - 1];
+    }
+    dim_ = dim;
+  }
+
+  int64_t param_count() const override {
+    int64_t p = 0;
+    for (size_t i = 0; i < l_.size(); ++i) p += l_[i] * d_[i];
+    return p;
+  }
+
+  void encode(int64_t n, float* out) const override {
+    check_rows(n);
+    if (l_.size() == 2 && row_major_) return encode_row2(n, out);
+    const int64_t d = dim_;
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < n; ++j) {
+      int64_t a[kMaxFactors];
+      digits(j, a);
+      for (size_t i = 0; i < l_.size(); ++i)
+        std::memcpy(out + j * d + offset_[i], tables_[i].data() + a[i] * d_[i],
+                    d_[i] * sizeof(float));
+    }
+  }
+
+  void add_to(float* x, int64_t rows, int64_t n) const override {
+    check_rows(n);
+    const int64_t d = dim_;
+#pragma omp parallel for schedule(static)
+    for (int64_t rj = 0; rj < rows * n; ++rj) {
+      int64_t a[kMaxFactors];
+      digits(rj % n, a);
+      for (size_t i = 0; i < l_.size(); ++i) {
+        float* xr = x + rj * d + offset_[i];
+        const float* e = tables_[i].data() + a[i] * d_[i];
+#pragma omp simd
+        for (int64_t c = 0; c < d_[i]; ++c) xr[c] += e[c];
+      }
+    }
+  }
+
+  void save_weights(const std::string& dir) const override {
+    std::filesystem::create_directories(dir);
+    for (size_t i = 0; i < l_.size(); ++i)
+      write_npy(file(dir, i), {l_[i], d_[i]}, tables_[i].data());
+  }
+
+  void load_weights(const std::string& dir) override {
+    if (std::filesystem::exists(file(dir, l_.size())))
+      throw RuntimeError(file(dir, l_.size()) + " exists but the spec has only " +
+                         std::to_string(l_.size()) + " factors (shape=" + join_x(l_) + ")");
+    for (size_t i = 0; i < l_.size(); ++i) {
+      std::vector<float> t = read_table(file(dir, i), l_[i], d_[i]);
+      std::copy(t.begin(), t.end(), tables_[i].data());
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxFactors = 16;
+
+  static std::string file(const std::string& dir, size_t i) {
+    return dir + "/factor_" + std::to_string(i) + ".npy";
+  }
+
+  static std::vector<int64_t> even_split(int64_t dim, size_t m) {
+    std::vector<int64_t> d(m, dim / int64_t(m));
+    for (size_t i = 0; i < size_t(dim % int64_t(m)); ++i) ++d[i];
+    return d;
+  }
+
+  void check_widths(int64_t dim) const {
+    if (l_.size() > kMaxFactors)
+      throw UsageError("axial: at most " + std::to_string(kMaxFactors) + " factors, got " +
+                       std::to_string(l_.size()));
+    int64_t sum = 0;
+    for (int64_t w : d_) {
+      if (w <= 0)
+        throw UsageError("axial: width " + std::to_string(dim) + " cannot be split into " +
+                         std::to_string(d_.size()) + " positive factor widths");
+      sum += w;
+    }
+    if (sum != dim)
+      throw UsageError("axial: dims=" + join_x(d_) + " sum to " + std::to_string(sum) +
+                       " but the encoding width (head dim) is " + std::to_string(dim) +
+                       "; the factor widths must sum to D");
+  }
+
+  // Π l_i, saturating: a product beyond int64 covers any sequence.
+  int64_t covered_positions() const {
+    int64_t p = 1;
+    for (int64_t l : l_)
+      if (__builtin_mul_overflow(p, l, &p)) return std::numeric_limits<int64_t>::max();
+    return p;
+  }
+
+  // a[i] = the row of factor i for position j.
+  void digits(int64_t j, int64_t* a) const {
+    const size_t m = l_.size();
+    if (row_major_) {
+      for (size_t i = m; i-- > 0;) a[i] = j % l_[i], j /= l_[i];
+    } else {
+      for (size_t i = 0; i < m; ++i) a[i] = j % l_[i], j /= l_[i];
+    }
+  }
+
+  // The common case without per-row division: output rows come in runs of l2 that share the
+  // E1 row, so each thread walks whole runs and writes contiguous row copies.
+  void encode_row2(int64_t n, float* out) const {
+    const int64_t d = dim_, d1 = d_[0], d2 = d_[1], l2 = l_[1];
+    const float* e1 = tables_[0].data();
+    const float* e2 = tables_[1].data();
+    const int64_t runs = (n + l2 - 1) / l2;
+#pragma omp parallel for schedule(static)
+    for (int64_t a = 0; a < runs; ++a) {
+      const int64_t end = std::min(l2, n - a * l2);
+      float* row = out + a * l2 * d;
+      for (int64_t b = 0; b < end; ++b, row += d) {
+        std::memcpy(row, e1 + a * d1, d1 * sizeof(float));
+        std::memcpy(row + d1, e2 + b * d2, d2 * sizeof(float));
+      }
+    }
+  }
+
+  bool row_major_;
+  std::vector<int64_t> spec_l_, spec_d_;  // empty: "auto"
+  std::vector<int64_t> l_, d_, offset_;
+  std::vector<FloatBuffer> tables_;
+};
+
+}  // namespace
+
+KindInfo axial_kind() {
+  return {"axial",
+          "Reformer's factorized table: factors E_i [l_i, d_i], prod l_i >= n, sum d_i = D, "
+          "E(j) = concat of one row per factor; params sum l_i*d_i, O(sqrt(n)*D) for 2 factors. "
+          "order=row (default; Hugging Face/trax/lucidrains code): E(j) = [E1[j div l2], "
+          "E2[j mod l2]], last factor fastest; order=col (Hugging Face docs): [E1[j mod l1], "
+          "E2[j div l1]], first factor fastest. Weights DIR/factor_<i>.npy [l_i, d_i] "
+          "(HF's (l1,1,d1)/(1,l2,d2) layouts load too); init N(0,1) (HF axial_norm_std=1)",
+          {{"shape", ParamSpec::Kind::Text, "auto",
+            "l1xl2[x...] positions per factor; auto = m equal factors, the smallest with l^m >= n"},
+           {"dims", ParamSpec::Kind::Text, "auto",
+            "d1xd2[x...] feature widths per factor, summing to D; auto = D split evenly"},
+           {"order",
+            ParamSpec::Kind::Choice,
+            "row",
+            "row: last factor varies fastest (the code); col: first factor fastest (the HF docs)",
+            -1e300,
+            1e300,
+            {"row", "col"}}},
+          [](const Params& p) {
+            return std::make_unique<Axial>(p.get("shape"), p.get("dims"), p.get("order") == "row");
+          }};
+}
+
+}  // namespace attn::positional
