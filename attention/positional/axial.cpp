@@ -6,9 +6,14 @@
 // E(j) = [E1[j div l2], E2[j mod l2]]. order=col (the Hugging Face docs): the first factor varies
 // fastest, E(j) = [E1[j mod l1], E2[j div l1]]. Lookup is a pure gather: 0 FLOPs.
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <limits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "attention/npy.h"
 #include "attention/positional/positional.h"
@@ -35,6 +40,33 @@ int64_t auto_side(int64_t n, size_t m) {
   };
   while (!covers(l)) ++l;
   return l;
+}
+
+// Outputs at least this large go around the cache (about one L3): they cannot stay cached for
+// the consumer anyway, and streaming stores skip the read-for-ownership that would otherwise
+// double the memory traffic of a write-only gather.
+constexpr double kStreamBytes = 32.0 * (1 << 20);
+
+// dst[0, count) = src[0, count); with `stream`, the 64-byte-aligned whole vectors use
+// non-temporal stores (the caller fences).
+inline void copy_floats(float* dst, const float* src, int64_t count, bool stream) {
+#if defined(__AVX512F__)
+  if (stream) {
+    int64_t c = 0;
+    for (; c < count && (reinterpret_cast<uintptr_t>(dst + c) & 63); ++c) dst[c] = src[c];
+    for (; c + 16 <= count; c += 16) _mm512_stream_ps(dst + c, _mm512_loadu_ps(src + c));
+    for (; c < count; ++c) dst[c] = src[c];
+    return;
+  }
+#endif
+  std::memcpy(dst, src, count * sizeof(float));
+}
+
+// Makes this thread's streaming stores visible before the parallel region ends.
+inline void fence_streams() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 class Axial final : public Encoding {
@@ -85,13 +117,17 @@ class Axial final : public Encoding {
     check_rows(n);
     if (l_.size() == 2 && row_major_) return encode_row2(n, out);
     const int64_t d = dim_;
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n; ++j) {
-      int64_t a[kMaxFactors];
-      digits(j, a);
-      for (size_t i = 0; i < l_.size(); ++i)
-        std::memcpy(out + j * d + offset_[i], tables_[i].data() + a[i] * d_[i],
-                    d_[i] * sizeof(float));
+    const bool stream = double(n) * d * sizeof(float) >= kStreamBytes;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < n; ++j) {
+        int64_t a[kMaxFactors];
+        digits(j, a);
+        for (size_t i = 0; i < l_.size(); ++i)
+          copy_floats(out + j * d + offset_[i], tables_[i].data() + a[i] * d_[i], d_[i], stream);
+      }
+      fence_streams();
     }
   }
 
@@ -182,14 +218,19 @@ class Axial final : public Encoding {
     const float* e1 = tables_[0].data();
     const float* e2 = tables_[1].data();
     const int64_t runs = (n + l2 - 1) / l2;
-#pragma omp parallel for schedule(static)
-    for (int64_t a = 0; a < runs; ++a) {
-      const int64_t end = std::min(l2, n - a * l2);
-      float* row = out + a * l2 * d;
-      for (int64_t b = 0; b < end; ++b, row += d) {
-        std::memcpy(row, e1 + a * d1, d1 * sizeof(float));
-        std::memcpy(row + d1, e2 + b * d2, d2 * sizeof(float));
+    const bool stream = double(n) * d * sizeof(float) >= kStreamBytes;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+      for (int64_t a = 0; a < runs; ++a) {
+        const int64_t end = std::min(l2, n - a * l2);
+        float* row = out + a * l2 * d;
+        for (int64_t b = 0; b < end; ++b, row += d) {
+          copy_floats(row, e1 + a * d1, d1, stream);
+          copy_floats(row + d1, e2 + b * d2, d2, stream);
+        }
       }
+      fence_streams();
     }
   }
 
