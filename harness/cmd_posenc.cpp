@@ -124,19 +124,22 @@ int cmd_posenc(const Args& args) {
       throw attn::UsageError(
           "--out, --weights-out and --weights-in need exactly one --kind and one --seq length");
 
-  // Every spec and size is checked before anything is timed.
-  std::vector<std::vector<std::unique_ptr<pos::Encoding>>> encs(specs.size());
-  for (size_t k = 0; k < specs.size(); ++k)
+  auto prepare = [&](const std::string& spec, int64_t n) {
+    auto e = pos::make_encoding(spec);
+    e->init(n, dim, seed);
+    if (!weights_in.empty()) e->load_weights(weights_in);
+    return e;
+  };
+  // Every spec, size and weights file is checked before anything is timed; the tables are
+  // then rebuilt one length at a time so that only one length's buffers are alive.
+  for (const auto& spec : specs)
     for (int64_t n : ns) {
-      auto e = pos::make_encoding(specs[k]);
-      e->init(n, dim, seed);
-      const double table = double(n) * dim * sizeof(float);
-      attn::check_fits_in_memory(table * (3 + batch), specs[k] + " at n=" + std::to_string(n) +
-                                                          " (encoding, input and memcpy buffers)");
-      encs[k].push_back(std::move(e));
+      auto e = prepare(spec, n);
+      attn::check_fits_in_memory(
+          double(n) * dim * sizeof(float) * (3 + batch) + e->param_bytes(),
+          spec + " at n=" + std::to_string(n) + " (tables, encoding, input and memcpy buffers)");
+      if (!weights_out.empty()) e->save_weights(weights_out);
     }
-  if (!weights_in.empty()) encs[0][0]->load_weights(weights_in);
-  if (!weights_out.empty()) encs[0][0]->save_weights(weights_out);
 
   std::printf(
       "materialize: write the [n, D] encoding; add: x += E for x [B=%lld, n, D]; memcpy: "
@@ -145,8 +148,9 @@ int cmd_posenc(const Args& args) {
   std::printf("%-36s %7s %5s %11s %11s %10s %9s %10s %8s %8s %9s\n", "kind", "n", "D", "params",
               "param_MiB", "full_MiB", "of_full", "mat_ms", "mat_GB/s", "%memcpy", "add_ms");
   std::vector<Row> rows;
-  for (size_t i = 0; i < ns.size(); ++i) {
-    const int64_t n = ns[i];
+  for (const int64_t n : ns) {
+    std::vector<std::unique_ptr<pos::Encoding>> encs;
+    for (const auto& spec : specs) encs.push_back(prepare(spec, n));
     const size_t count = size_t(n) * dim, bytes = count * sizeof(float);
     attn::FloatBuffer src(count), dst(count), enc(count);
     attn::Tensor x(batch, 1, n, dim);
@@ -155,7 +159,7 @@ int cmd_posenc(const Args& args) {
     // Warm-up touches every page, so that no timing includes first-touch page faults.
     parallel_memcpy(reinterpret_cast<char*>(dst.data()), reinterpret_cast<const char*>(src.data()),
                     bytes);
-    for (auto& per_kind : encs) per_kind[i]->encode(n, enc.data()), per_kind[i]->add_to(x);
+    for (auto& e : encs) e->encode(n, enc.data()), e->add_to(x);
     std::vector<double> copy_s;
     std::vector<std::vector<double>> mat_s(specs.size()), add_s(specs.size());
     for (int r = 0; r < reps; ++r) {
@@ -164,26 +168,25 @@ int cmd_posenc(const Args& args) {
                         reinterpret_cast<const char*>(src.data()), bytes);
       }));
       for (size_t k = 0; k < specs.size(); ++k) {
-        mat_s[k].push_back(seconds([&] { encs[k][i]->encode(n, enc.data()); }));
-        add_s[k].push_back(seconds([&] { encs[k][i]->add_to(x); }));
+        mat_s[k].push_back(seconds([&] { encs[k]->encode(n, enc.data()); }));
+        add_s[k].push_back(seconds([&] { encs[k]->add_to(x); }));
       }
     }
     const double memcpy_gbps = double(bytes) / median(copy_s) / 1e9;
     std::printf("%-36s %7lld %5lld %64s %8.2f GB/s\n", "memcpy", (long long)n, (long long)dim, "",
                 memcpy_gbps);
     for (size_t k = 0; k < specs.size(); ++k) {
-      const pos::Encoding& e = *encs[k][i];
+      const pos::Encoding& e = *encs[k];
       rows.push_back({specs[k], n, dim, batch, e.param_count(), e.param_bytes(), double(bytes),
                       median(mat_s[k]) * 1e3, median(add_s[k]) * 1e3, memcpy_gbps});
       print_row(rows.back());
     }
+    if (!out.empty()) {  // one kind and one length
+      encs[0]->encode(n, enc.data());
+      attn::write_npy(out, {n, dim}, enc.data());
+    }
   }
 
-  if (!out.empty()) {
-    attn::FloatBuffer enc(size_t(ns[0]) * dim);
-    encs[0][0]->encode(ns[0], enc.data());
-    attn::write_npy(out, {ns[0], dim}, enc.data());
-  }
   if (!json.empty()) {
     nlohmann::json j = {{"rows", nlohmann::json::array()}};
     for (const Row& r : rows) j["rows"].push_back(to_json(r, omp_get_max_threads()));
