@@ -5,6 +5,8 @@
 // ALGORITHMS.md §6.2): the last factor varies fastest, so for two factors
 // E(j) = [E1[j div l2], E2[j mod l2]]. order=col (the Hugging Face docs): the first factor varies
 // fastest, E(j) = [E1[j mod l1], E2[j div l1]]. Lookup is a pure gather: 0 FLOPs.
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -113,17 +115,20 @@ class Axial final : public Encoding {
     return p;
   }
 
+  // Each thread takes one contiguous range of rows, finds the factor rows of its first
+  // position once and then steps them like an odometer: no division per row, the load is
+  // balanced for any shape, and every row is written by contiguous copies.
   void encode(int64_t n, float* out) const override {
     check_rows(n);
-    if (l_.size() == 2 && row_major_) return encode_row2(n, out);
     const int64_t d = dim_;
     const bool stream = double(n) * d * sizeof(float) >= kStreamBytes;
 #pragma omp parallel
     {
-#pragma omp for schedule(static)
-      for (int64_t j = 0; j < n; ++j) {
-        int64_t a[kMaxFactors];
-        digits(j, a);
+      const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+      const int64_t begin = n * t / T, end = n * (t + 1) / T;
+      int64_t a[kMaxFactors];
+      digits(begin, a);
+      for (int64_t j = begin; j < end; ++j, step(a)) {
         for (size_t i = 0; i < l_.size(); ++i)
           copy_floats(out + j * d + offset_[i], tables_[i].data() + a[i] * d_[i], d_[i], stream);
       }
@@ -131,18 +136,27 @@ class Axial final : public Encoding {
     }
   }
 
+  // Same partition over the rows·n vectors of x; the position wraps to 0 at each new slice.
   void add_to(float* x, int64_t rows, int64_t n) const override {
     check_rows(n);
-    const int64_t d = dim_;
-#pragma omp parallel for schedule(static)
-    for (int64_t rj = 0; rj < rows * n; ++rj) {
-      int64_t a[kMaxFactors];
-      digits(rj % n, a);
-      for (size_t i = 0; i < l_.size(); ++i) {
-        float* xr = x + rj * d + offset_[i];
-        const float* e = tables_[i].data() + a[i] * d_[i];
+    const int64_t d = dim_, total = rows * n;
+#pragma omp parallel
+    {
+      const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+      const int64_t begin = total * t / T, end = total * (t + 1) / T;
+      int64_t a[kMaxFactors], j = begin % n;
+      digits(j, a);
+      for (int64_t rj = begin; rj < end; ++rj) {
+        for (size_t i = 0; i < l_.size(); ++i) {
+          float* xr = x + rj * d + offset_[i];
+          const float* e = tables_[i].data() + a[i] * d_[i];
 #pragma omp simd
-        for (int64_t c = 0; c < d_[i]; ++c) xr[c] += e[c];
+          for (int64_t c = 0; c < d_[i]; ++c) xr[c] += e[c];
+        }
+        if (++j == n)
+          j = 0, digits(0, a);
+        else
+          step(a);
       }
     }
   }
@@ -211,26 +225,19 @@ class Axial final : public Encoding {
     }
   }
 
-  // The common case without per-row division: output rows come in runs of l2 that share the
-  // E1 row, so each thread walks whole runs and writes contiguous row copies.
-  void encode_row2(int64_t n, float* out) const {
-    const int64_t d = dim_, d1 = d_[0], d2 = d_[1], l2 = l_[1];
-    const float* e1 = tables_[0].data();
-    const float* e2 = tables_[1].data();
-    const int64_t runs = (n + l2 - 1) / l2;
-    const bool stream = double(n) * d * sizeof(float) >= kStreamBytes;
-#pragma omp parallel
-    {
-#pragma omp for schedule(static)
-      for (int64_t a = 0; a < runs; ++a) {
-        const int64_t end = std::min(l2, n - a * l2);
-        float* row = out + a * l2 * d;
-        for (int64_t b = 0; b < end; ++b, row += d) {
-          copy_floats(row, e1 + a * d1, d1, stream);
-          copy_floats(row + d1, e2 + b * d2, d2, stream);
-        }
+  // The factor rows of position j + 1 from those of j (a mixed-radix increment).
+  void step(int64_t* a) const {
+    const size_t m = l_.size();
+    if (row_major_) {
+      for (size_t i = m; i-- > 0;) {
+        if (++a[i] < l_[i] || i == 0) return;
+        a[i] = 0;
       }
-      fence_streams();
+    } else {
+      for (size_t i = 0; i < m; ++i) {
+        if (++a[i] < l_[i] || i == m - 1) return;
+        a[i] = 0;
+      }
     }
   }
 
