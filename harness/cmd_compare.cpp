@@ -5,6 +5,7 @@
 #include <boost/program_options.hpp>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -67,7 +68,9 @@ Row parse_row(const std::string& path, const json& j, double ceiling, size_t i) 
   return r;
 }
 
-Run load_run(const std::string& path) {
+// `path` is a results.json or a sweep directory holding one.
+Run load_run(std::string path) {
+  if (std::filesystem::is_directory(path)) path += "/results.json";
   std::ifstream f(path);
   if (!f) throw attn::UsageError(path + ": cannot open (no such file or not readable)");
   json j;
@@ -209,8 +212,8 @@ int cmd_compare(const Args& args) {
   Options o;
   bool no_time = false;
   po::options_description opts(
-      "attnbench compare BASELINE.json NEW.json  (exit 0: no regression, 1: regression, "
-      "2: usage error or malformed file)");
+      "attnbench compare BASELINE.json NEW.json  (a sweep directory stands for its "
+      "results.json; exit 0: no regression, 1: regression, 2: usage error or malformed file)");
   opts.add_options()("help,h", "this help")(
       "error-tolerance", po::value(&o.err_tol)->default_value(0.05),
       "relative rel_err increase allowed (new > base·(1+R) + epsilon is a regression)")(

@@ -57,9 +57,12 @@ def load_results(directory):
             fail(f"{path} is malformed: row {i} has no string \"status\"")
         if row["status"] != "ok":
             continue
+        if isinstance(row.get("causal"), int):  # accept 0/1 as well as false/true
+            row["causal"] = bool(row["causal"])
         for field, kind in REQUIRED.items():
             if not isinstance(row.get(field), kind):
-                fail(f"{path} is malformed: row {i} ({row.get('key', '?')}) lacks {field}")
+                fail(f"{path} is malformed: row {i} ({row.get('key', '?')}) lacks {field} "
+                     "(see results/README.md for the format)")
         rows.append(row)
     if not rows:
         fail(f"{path} has no rows with status \"ok\": nothing to plot")

@@ -133,6 +133,15 @@ TEST(Compare, IdenticalRunsPass) {
   EXPECT_NE(r.output.find("no regression"), std::string::npos) << r.output;
 }
 
+TEST(Compare, ASweepDirectoryStandsForItsResultsJson) {
+  const std::string dir = (scratch() / "sweep").string();
+  fs::create_directories(dir);
+  std::ofstream(dir + "/results.json") << baseline().dump();
+  Result r = run_cli("compare " + dir + " " + save("new.json", baseline()));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("sweep/results.json"), std::string::npos) << r.output;
+}
+
 TEST(Compare, AccuracyRegressionBeyondToleranceFails) {
   json now = baseline();
   now["rows"][1]["rel_err"] = 0.08 * 1.2;
