@@ -14,6 +14,8 @@ const std::vector<Command>& commands() {
       {"run", "time variants over sequence lengths; GFLOP/s, memory, error vs fp64", cmd_run},
       {"apply", "run one variant on q/k/v .npy files and write the output .npy", cmd_apply},
       {"posenc", "positional encodings: parameter memory, lookup time, .npy tables", cmd_posenc},
+      {"plot", "time, memory, error and speed-vs-error plots of a results dir", cmd_plot},
+      {"compare", "regression gate: results.json vs a baseline (exit 1 if worse)", cmd_compare},
   };
   return all;
 }

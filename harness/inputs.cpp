@@ -1,6 +1,11 @@
 #include "harness/inputs.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <map>
+
+#include "attention/npy.h"
 
 namespace attnbench {
 namespace {
@@ -17,10 +22,219 @@ double unit(uint64_t bits) {
   return (double(bits >> 11) + 0.5) * 0x1.0p-53;
 }
 
+uint64_t stream_base(uint64_t seed, uint64_t stream) {
+  return splitmix64(seed ^ splitmix64(stream + 0x5151));
+}
+
+// Element e of the N(0,1) stream `base`: the same value fill_gaussian writes at position e.
+double normal_at(uint64_t base, uint64_t e) {
+  const uint64_t pair = e / 2;
+  const double u1 = unit(splitmix64(base + 2 * pair));
+  const double u2 = unit(splitmix64(base + 2 * pair + 1));
+  const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
+  return r * (e % 2 ? std::sin(a) : std::cos(a));
+}
+
+// Streams of the generators; gaussian q, k, v keep 1, 2, 3 so `gaussian` is unchanged.
+enum Stream : uint64_t {
+  kQ = 1,
+  kK = 2,
+  kV = 3,
+  kCentroid = 10,
+  kAssignQ,
+  kAssignK,
+  kFrequency = 20,
+  kPhase,
+};
+
+using Params = std::map<std::string, std::string>;
+
+std::string valid_distributions() {
+  std::string out;
+  for (const auto& d : distributions()) out += (out.empty() ? "" : ", ") + std::string(d.syntax);
+  return out;
+}
+
+[[noreturn]] void bad_dist(const std::string& dist, const std::string& why) {
+  throw attn::UsageError("input distribution '" + dist + "': " + why +
+                         "; valid: " + valid_distributions());
+}
+
+// "key=value,key=value" → map; every key must be in `allowed`.
+Params parse_params(const std::string& dist, const std::string& text,
+                    const std::vector<std::string>& allowed) {
+  Params out;
+  size_t pos = 0;
+  while (pos <= text.size() && !text.empty()) {
+    size_t comma = text.find(',', pos);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string item = text.substr(pos, comma - pos);
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0) bad_dist(dist, "'" + item + "' is not key=value");
+    const std::string key = item.substr(0, eq);
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+      bad_dist(dist, "unknown parameter '" + key + "'");
+    out[key] = item.substr(eq + 1);
+    pos = comma + 1;
+  }
+  return out;
+}
+
+// The number under `key` (or `fallback`); must be > 0, or >= 0 when `zero_ok`.
+double number_param(const std::string& dist, const Params& p, const std::string& key,
+                    double fallback, bool zero_ok = false) {
+  auto it = p.find(key);
+  if (it == p.end()) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(it->second.c_str(), &end);
+  if (it->second.empty() || *end != '\0' || !std::isfinite(v) || v < 0 || (v == 0 && !zero_ok))
+    bad_dist(dist, key + "='" + it->second + "' must be a number " + (zero_ok ? ">= 0" : "> 0"));
+  return v;
+}
+
+Inputs empty_inputs(const attn::Shape& s) {
+  return {attn::Tensor(s.batch, s.heads, s.nq, s.dim), attn::Tensor(s.batch, s.heads, s.nk, s.dim),
+          attn::Tensor(s.batch, s.heads, s.nk, s.dim)};
+}
+
+// Every token of every head sits near one of C centroids shared by q and k of that head.
+// Centroids are N(0, σ²I) with σ² = 8 / (D·scale), so a token's logit against a key of its own
+// cluster is ≈ 8 and against another cluster ≈ N(0, 64/D): attention concentrates on the
+// ~n/C keys of the query's cluster. Noise is `noise`·σ per coordinate.
+void fill_clustered_tokens(attn::Tensor& t, const std::vector<double>& centroids, int64_t clusters,
+                           double sigma, double noise, uint64_t assign_base, uint64_t noise_base) {
+  const int64_t n = t.seq(), d = t.dim(), heads = t.batch() * t.heads();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < heads * n; ++row) {
+    const int64_t bh = row / n;
+    const int64_t c = int64_t(splitmix64(assign_base + uint64_t(row)) % uint64_t(clusters));
+    const double* centre = centroids.data() + (bh * clusters + c) * d;
+    float* x = t.data() + row * d;
+    for (int64_t e = 0; e < d; ++e)
+      x[e] = float(centre[e] + noise * sigma * normal_at(noise_base, uint64_t(row * d + e)));
+  }
+}
+
+Inputs make_clustered(const attn::Shape& s, const std::string& dist, const Params& p,
+                      uint64_t seed) {
+  const double c = number_param(dist, p, "clusters", 8);
+  if (c != std::floor(c) || c > 1e6) bad_dist(dist, "clusters must be a positive integer");
+  const int64_t clusters = int64_t(c);
+  const double noise = number_param(dist, p, "noise", 0.1, true);
+  const double sigma = std::sqrt(8.0 / (s.dim * s.softmax_scale()));
+  std::vector<double> centroids(s.heads_total() * clusters * s.dim);
+  const uint64_t cb = stream_base(seed, kCentroid);
+  for (size_t e = 0; e < centroids.size(); ++e) centroids[e] = sigma * normal_at(cb, e);
+  Inputs in = empty_inputs(s);
+  fill_clustered_tokens(in.q, centroids, clusters, sigma, noise, stream_base(seed, kAssignQ),
+                        stream_base(seed, kQ));
+  fill_clustered_tokens(in.k, centroids, clusters, sigma, noise, stream_base(seed, kAssignK),
+                        stream_base(seed, kK));
+  fill_gaussian(in.v, seed, kV);
+  return in;
+}
+
+constexpr double kLocalPeakLogit = 12;
+
+// Random Fourier features of position (Rahimi & Recht 2007): with ω_f ~ N(0, 1/w²) and phases
+// β_f shared by q and k of a head, φ_i = [cos(ω_f i + β_f), sin(ω_f i + β_f)]_f gives
+// φ_i·φ_j = Σ_f cos(ω_f (i − j)) ≈ (D/2)·exp(−(i − j)²/(2w²)). q_i = a·φ_i + noise and
+// k_j = a·φ_j + noise, with a chosen so that the logit at i = j is 12: the logits are a
+// Gaussian bump around the diagonal of width w over a floor of ≈ N(0, 12²/D).
+void fill_local_tokens(attn::Tensor& t, const std::vector<double>& omega,
+                       const std::vector<double>& phase, double amplitude, uint64_t noise_base) {
+  const int64_t n = t.seq(), d = t.dim(), heads = t.batch() * t.heads(), pairs = d / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < heads * n; ++row) {
+    const int64_t bh = row / n, i = row % n;
+    float* x = t.data() + row * d;
+    for (int64_t f = 0; f < pairs; ++f) {
+      const double angle = omega[bh * pairs + f] * double(i) + phase[bh * pairs + f];
+      x[2 * f] = float(amplitude * std::cos(angle));
+      x[2 * f + 1] = float(amplitude * std::sin(angle));
+    }
+    if (d % 2) x[d - 1] = 0;
+    // Small per-token content so that q and k differ (0.1·a per coordinate; logit noise ≈ 0.3).
+    for (int64_t e = 0; e < d; ++e)
+      x[e] += float(0.1 * amplitude * normal_at(noise_base, uint64_t(row * d + e)));
+  }
+}
+
+Inputs make_local(const attn::Shape& s, const std::string& dist, const Params& p, uint64_t seed) {
+  const double width = number_param(dist, p, "width", 16);
+  const int64_t pairs = s.dim / 2;
+  if (pairs == 0) bad_dist(dist, "needs head dim D >= 2");
+  std::vector<double> omega(s.heads_total() * pairs), phase(omega.size());
+  const uint64_t fb = stream_base(seed, kFrequency), pb = stream_base(seed, kPhase);
+  for (size_t e = 0; e < omega.size(); ++e) {
+    omega[e] = normal_at(fb, e) / width;
+    phase[e] = 2 * M_PI * unit(splitmix64(pb + e));
+  }
+  const double amplitude = std::sqrt(kLocalPeakLogit / (double(pairs) * s.softmax_scale()));
+  Inputs in = empty_inputs(s);
+  fill_local_tokens(in.q, omega, phase, amplitude, stream_base(seed, kQ));
+  fill_local_tokens(in.k, omega, phase, amplitude, stream_base(seed, kK));
+  fill_gaussian(in.v, seed, kV);
+  return in;
+}
+
+// Gaussian q and k each scaled by 1/sqrt(τ): the logits are N(0, 1/τ²), so the softmax of a
+// row is dominated by its largest logit.
+Inputs make_peaked(const attn::Shape& s, const std::string& dist, const Params& p, uint64_t seed) {
+  const double tau = number_param(dist, p, "temperature", 0.02);
+  Inputs in = empty_inputs(s);
+  fill_gaussian(in.q, seed, kQ);
+  fill_gaussian(in.k, seed, kK);
+  fill_gaussian(in.v, seed, kV);
+  const float f = float(1 / std::sqrt(tau));
+  for (attn::Tensor* t : {&in.q, &in.k}) {
+    float* x = t->data();
+    const int64_t size = t->size();
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < size; ++e) x[e] *= f;
+  }
+  return in;
+}
+
+std::string dims(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// Accepts [B,H,N,D], and [H,N,D] / [N,D] when the leading sizes are 1.
+attn::Tensor load_npy(const std::string& dir, const char* name, int64_t b, int64_t h, int64_t n,
+                      int64_t d) {
+  const std::string path = dir + "/" + name + ".npy";
+  attn::NpyArray a = attn::read_npy(path);
+  const std::vector<int64_t> full = {b, h, n, d};
+  bool ok = a.shape.size() >= 2 && a.shape.size() <= 4;
+  if (ok) {
+    const size_t drop = 4 - a.shape.size();
+    for (size_t i = 0; i < drop; ++i) ok = ok && full[i] == 1;
+    ok = ok && std::equal(a.shape.begin(), a.shape.end(), full.begin() + drop);
+  }
+  if (!ok)
+    throw attn::UsageError(path + " has shape " + dims(a.shape) +
+                           " but the requested shape needs " + dims(full) +
+                           " ([H,N,D] allowed when B=1, [N,D] when B=H=1)");
+  attn::Tensor t(b, h, n, d);
+  std::copy(a.data.begin(), a.data.end(), t.data());
+  return t;
+}
+
+Inputs read_npy_inputs(const attn::Shape& s, const std::string& dist) {
+  const std::string dir = dist.substr(4);
+  if (dir.empty()) bad_dist(dist, "npy needs a directory, e.g. npy:data/inputs");
+  return {load_npy(dir, "q", s.batch, s.heads, s.nq, s.dim),
+          load_npy(dir, "k", s.batch, s.heads, s.nk, s.dim),
+          load_npy(dir, "v", s.batch, s.heads, s.nk, s.dim)};
+}
+
 }  // namespace
 
 void fill_gaussian(attn::Tensor& t, uint64_t seed, uint64_t stream) {
-  const uint64_t base = splitmix64(seed ^ splitmix64(stream + 0x5151));
+  const uint64_t base = stream_base(seed, stream);
   float* p = t.data();
   const int64_t n = t.size();
 #pragma omp parallel for schedule(static)
@@ -35,15 +249,56 @@ void fill_gaussian(attn::Tensor& t, uint64_t seed, uint64_t stream) {
 }
 
 Inputs make_inputs(const attn::Shape& s, const std::string& dist, uint64_t seed) {
-  if (dist != "gaussian")
-    throw attn::UsageError("unknown input distribution '" + dist + "'; valid: gaussian");
-  Inputs in{attn::Tensor(s.batch, s.heads, s.nq, s.dim),
-            attn::Tensor(s.batch, s.heads, s.nk, s.dim),
-            attn::Tensor(s.batch, s.heads, s.nk, s.dim)};
-  fill_gaussian(in.q, seed, 1);
-  fill_gaussian(in.k, seed, 2);
-  fill_gaussian(in.v, seed, 3);
-  return in;
+  s.check();
+  if (dist.rfind("npy:", 0) == 0) return read_npy_inputs(s, dist);
+  const size_t colon = dist.find(':');
+  const std::string name = dist.substr(0, colon);
+  const std::string rest = colon == std::string::npos ? "" : dist.substr(colon + 1);
+  if (name == "gaussian") {
+    parse_params(dist, rest, {});
+    Inputs in = empty_inputs(s);
+    fill_gaussian(in.q, seed, kQ);
+    fill_gaussian(in.k, seed, kK);
+    fill_gaussian(in.v, seed, kV);
+    return in;
+  }
+  if (name == "clustered")
+    return make_clustered(s, dist, parse_params(dist, rest, {"clusters", "noise"}), seed);
+  if (name == "local") return make_local(s, dist, parse_params(dist, rest, {"width"}), seed);
+  if (name == "peaked")
+    return make_peaked(s, dist, parse_params(dist, rest, {"temperature"}), seed);
+  if (name == "npy") bad_dist(dist, "npy needs a directory, e.g. npy:data/inputs");
+  bad_dist(dist, "unknown distribution '" + name + "'");
+}
+
+const std::vector<DistInfo>& distributions() {
+  static const std::vector<DistInfo> all = {
+      {"gaussian", "gaussian", "q, k, v i.i.d. N(0,1).",
+       "logits ~ N(0,1): near-uniform attention, easy for every approximation (the baseline)."},
+      {"clustered", "clustered[:clusters=8,noise=0.1]",
+       "per head, q and k tokens sit at one of C random centroids shared by q and k, plus "
+       "noise·σ Gaussian noise (σ set so a same-cluster logit is ≈ 8); v ~ N(0,1).",
+       "sharp, cluster-structured attention: each query puts its mass on the ~n/C keys of its "
+       "cluster, wherever they are. Content-based bucketing (LSH) should shine; fixed windows "
+       "miss most of the mass."},
+      {"local", "local[:width=16]",
+       "q_i, k_j = a·[cos(ω_f·i + β_f), sin(ω_f·i + β_f)] + small noise, random Fourier features "
+       "of the position with ω_f ~ N(0, 1/width²): q_i·k_j ≈ Gaussian bump in |i - j|; the "
+       "logit is ≈ 12 at i = j and ≈ N(0, 144/D) far away; v ~ N(0,1).",
+       "recent-token structure: most mass within |i - j| <= width. Sliding windows and local "
+       "chunks should shine; random features and global low-rank views struggle."},
+      {"peaked", "peaked[:temperature=0.02]",
+       "gaussian q and k each scaled by 1/sqrt(temperature), so logits are N(0, 1/temperature²).",
+       "near one-hot softmax rows (the max probability is close to 1): hard for random-feature "
+       "kernels (Performer) whose estimates of exp(q·k) degrade with large logits; exact and "
+       "top-k-like methods are unaffected."},
+      {"npy", "npy:DIR",
+       "DIR/q.npy, DIR/k.npy, DIR/v.npy (float32/float64, C order) shaped [B,H,N,D], or "
+       "[H,N,D] when B = 1, or [N,D] when B = H = 1; must match the requested shape; the "
+       "seed is ignored.",
+       "real activations (e.g. dumped from a trained model): whatever structure they have."},
+  };
+  return all;
 }
 
 }  // namespace attnbench

@@ -1,0 +1,274 @@
+// `attnbench compare BASELINE.json NEW.json`: the regression gate. Accuracy is deterministic
+// given the seeds, so it is compared to a tolerance; time is compared in units of the same
+// run's sgemm ceiling (machine-independent to first order) and only counts when the slowdown
+// is both large and significant over the repetitions (one-sided Mann-Whitney U).
+#include <boost/program_options.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "attention/tensor.h"
+#include "harness/cli.h"
+#include "harness/stats.h"
+
+namespace attnbench {
+namespace {
+
+using nlohmann::json;
+
+struct Row {
+  std::string key, status;
+  double rel_err = NAN;
+  std::vector<double> sgemm_equiv;  // time_ms_reps × sgemm ceiling: GFLOP sgemm would do meanwhile
+  bool ok() const { return status == "ok"; }
+};
+
+struct Run {
+  std::string path, cpu;
+  double ceiling = 0;
+  int threads = 0;
+  std::vector<Row> rows;
+  std::map<std::string, size_t> index;  // key → rows position
+};
+
+[[noreturn]] void malformed(const std::string& path, const std::string& why) {
+  throw attn::UsageError(path + ": not a valid attnbench results.json (" + why + ")");
+}
+
+double number_or_nan(const json& v) {
+  return v.is_number() ? v.get<double>() : NAN;
+}
+
+Row parse_row(const std::string& path, const json& j, double ceiling, size_t i) {
+  const std::string where = "row " + std::to_string(i);
+  if (!j.is_object()) malformed(path, where + " is not an object");
+  Row r;
+  if (!j.contains("key") || !j["key"].is_string()) malformed(path, where + " has no string key");
+  r.key = j["key"].get<std::string>();
+  if (!j.contains("status") || !j["status"].is_string())
+    malformed(path, where + " (" + r.key + ") has no string status");
+  r.status = j["status"].get<std::string>();
+  if (!r.ok()) return r;
+  // rel_err may be null (JSON's spelling of NaN) but must be present.
+  if (!j.contains("rel_err") || !(j["rel_err"].is_number() || j["rel_err"].is_null()))
+    malformed(path, r.key + ": rel_err missing or not a number");
+  r.rel_err = number_or_nan(j["rel_err"]);
+  if (!j.contains("time_ms_reps") || !j["time_ms_reps"].is_array() || j["time_ms_reps"].empty())
+    malformed(path, r.key + ": time_ms_reps missing or empty");
+  for (const auto& t : j["time_ms_reps"]) {
+    if (!t.is_number() || !(t.get<double>() >= 0))
+      malformed(path, r.key + ": time_ms_reps holds a non-number or negative value");
+    r.sgemm_equiv.push_back(t.get<double>() * ceiling);
+  }
+  return r;
+}
+
+// `path` is a results.json or a sweep directory holding one.
+Run load_run(std::string path) {
+  if (std::filesystem::is_directory(path)) path += "/results.json";
+  std::ifstream f(path);
+  if (!f) throw attn::UsageError(path + ": cannot open (no such file or not readable)");
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::exception& e) {
+    malformed(path, std::string("JSON syntax: ") + e.what());
+  }
+  if (!j.is_object() || !j.contains("context") || !j["context"].is_object())
+    malformed(path, "no \"context\" object");
+  if (!j.contains("rows") || !j["rows"].is_array()) malformed(path, "no \"rows\" array");
+  const json& ctx = j["context"];
+  Run run;
+  run.path = path;
+  if (!ctx.contains("sgemm_ceiling_gflops") || !ctx["sgemm_ceiling_gflops"].is_number() ||
+      !(ctx["sgemm_ceiling_gflops"].get<double>() > 0))
+    malformed(path, "context.sgemm_ceiling_gflops missing or not positive");
+  run.ceiling = ctx["sgemm_ceiling_gflops"].get<double>();
+  run.cpu = ctx.value("cpu_model", std::string("unknown CPU"));
+  if (ctx.contains("threads") && ctx["threads"].is_number_integer())
+    run.threads = ctx["threads"].get<int>();
+  for (size_t i = 0; i < j["rows"].size(); ++i) {
+    Row r = parse_row(path, j["rows"][i], run.ceiling, i);
+    if (!run.index.emplace(r.key, run.rows.size()).second)
+      malformed(path, "duplicate key " + r.key);
+    run.rows.push_back(std::move(r));
+  }
+  return run;
+}
+
+struct Options {
+  double err_tol = 0.05, err_eps = 1e-6, time_tol = 0.5, alpha = 0.05;
+  bool check_time = true;
+};
+
+struct Verdict {
+  std::string text = "ok";
+  bool regression = false;
+  void add(const std::string& what, bool is_regression) {
+    text = (text == "ok" ? "" : text + "+") + what;
+    regression = regression || is_regression;
+  }
+};
+
+bool accuracy_regressed(double base, double now, const Options& o) {
+  if (std::isnan(now)) return !std::isnan(base);
+  return now > base * (1 + o.err_tol) + o.err_eps;
+}
+
+std::string fmt(const char* format, double v) {
+  if (std::isnan(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+struct Line {
+  std::string key, err_base, err_new, err_change, time_ratio, p, verdict;
+};
+
+// Compares one case present in both runs.
+Line compare_case(const Row& b, const Row& n, const Options& o, Verdict& v) {
+  Line l{b.key};
+  if (!b.ok() || !n.ok()) {
+    if (b.ok())
+      v.add("NOW SKIPPED (" + n.status + ")", true);
+    else if (n.ok())
+      v.add("now runs (baseline " + b.status + ")", false);
+    else
+      v.add("skipped in both", false);
+    l.verdict = v.text;
+    return l;
+  }
+  l.err_base = fmt("%.3e", b.rel_err), l.err_new = fmt("%.3e", n.rel_err);
+  if (b.rel_err > 0) l.err_change = fmt("%+.1f%%", 100 * (n.rel_err / b.rel_err - 1));
+  if (accuracy_regressed(b.rel_err, n.rel_err, o)) v.add("ACCURACY", true);
+  const double ratio = median(n.sgemm_equiv) / median(b.sgemm_equiv);
+  l.time_ratio = fmt("%.3f", ratio);
+  if (o.check_time) {
+    const double p_slower = mann_whitney_greater(n.sgemm_equiv, b.sgemm_equiv).p;
+    const double p_faster = mann_whitney_greater(b.sgemm_equiv, n.sgemm_equiv).p;
+    if (ratio > 1 + o.time_tol && p_slower < o.alpha) v.add("SLOWER", true);
+    if (ratio < 1 / (1 + o.time_tol) && p_faster < o.alpha) v.add("faster", false);
+    l.p = fmt("%.3g", ratio >= 1 ? p_slower : p_faster);
+  }
+  l.verdict = v.text;
+  return l;
+}
+
+void print_table(const std::vector<Line>& lines) {
+  size_t w = 3;
+  for (const auto& l : lines) w = std::max(w, l.key.size());
+  std::printf("%-*s  %12s  %11s  %8s  %8s  %7s  %s\n", int(w), "key", "rel_err base", "rel_err new",
+              "err chg", "time x", "p", "verdict");
+  for (const auto& l : lines)
+    std::printf("%-*s  %12s  %11s  %8s  %8s  %7s  %s\n", int(w), l.key.c_str(), l.err_base.c_str(),
+                l.err_new.c_str(), l.err_change.c_str(), l.time_ratio.c_str(), l.p.c_str(),
+                l.verdict.c_str());
+}
+
+void describe_runs(const Run& base, const Run& now, const Options& o) {
+  for (const Run* r : {&base, &now})
+    std::printf("%s %s: %s, %d threads, sgemm ceiling %.1f GFLOP/s\n",
+                r == &base ? "baseline" : "new     ", r->path.c_str(), r->cpu.c_str(), r->threads,
+                r->ceiling);
+  std::printf(
+      "time x = median(new) / median(baseline) of per-repetition time × that run's sgemm "
+      "ceiling; slower counts when > %.2f and one-sided Mann-Whitney p < %g\n",
+      1 + o.time_tol, o.alpha);
+  std::printf("accuracy regresses when rel_err new > base × %.3f + %g\n\n", 1 + o.err_tol,
+              o.err_eps);
+  if (base.threads && now.threads && base.threads != now.threads)
+    std::printf("warning: the runs used different thread counts (%d vs %d)\n\n", base.threads,
+                now.threads);
+}
+
+// Warns when the repetition counts make a significant slowdown impossible.
+void warn_if_too_few_reps(const Run& base, const Run& now, const Options& o) {
+  for (const Row& b : base.rows) {
+    auto it = now.index.find(b.key);
+    if (!b.ok() || it == now.index.end() || !now.rows[it->second].ok()) continue;
+    const Row& n = now.rows[it->second];
+    const double min_p = mann_whitney_min_p(int(n.sgemm_equiv.size()), int(b.sgemm_equiv.size()));
+    if (min_p >= o.alpha) {
+      std::printf(
+          "warning: %zu vs %zu repetitions (e.g. %s): the smallest possible p is %.3g >= alpha "
+          "%g, so no slowdown can be significant; use more repetitions\n\n",
+          b.sgemm_equiv.size(), n.sgemm_equiv.size(), b.key.c_str(), min_p, o.alpha);
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+int cmd_compare(const Args& args) {
+  namespace po = boost::program_options;
+  std::string base_path, new_path;
+  Options o;
+  bool no_time = false;
+  po::options_description opts(
+      "attnbench compare BASELINE.json NEW.json  (a sweep directory stands for its "
+      "results.json; exit 0: no regression, 1: regression, 2: usage error or malformed file)");
+  opts.add_options()("help,h", "this help")(
+      "error-tolerance", po::value(&o.err_tol)->default_value(0.05),
+      "relative rel_err increase allowed (new > base·(1+R) + epsilon is a regression)")(
+      "error-epsilon", po::value(&o.err_eps)->default_value(1e-6),
+      "absolute rel_err slack (covers fp32 rounding differences between builds)")(
+      "time-tolerance", po::value(&o.time_tol)->default_value(0.5),
+      "relative slowdown allowed (in sgemm-ceiling units) before a significant one fails")(
+      "alpha", po::value(&o.alpha)->default_value(0.05),
+      "significance level of the one-sided Mann-Whitney U test over repetitions")(
+      "no-time", po::bool_switch(&no_time), "compare accuracy and coverage of cases only");
+  po::options_description hidden;
+  hidden.add_options()("baseline", po::value(&base_path), "")("new", po::value(&new_path), "");
+  po::options_description all;
+  all.add(opts).add(hidden);
+  po::positional_options_description pos;
+  pos.add("baseline", 1).add("new", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
+  if (vm.count("help")) return std::cout << opts << "\n", 0;
+  po::notify(vm);
+  if (base_path.empty() || new_path.empty())
+    throw attn::UsageError("needs two files: attnbench compare BASELINE.json NEW.json");
+  if (!(o.err_tol >= 0) || !(o.err_eps >= 0) || !(o.time_tol >= 0))
+    throw attn::UsageError("--error-tolerance, --error-epsilon and --time-tolerance must be >= 0");
+  if (!(o.alpha > 0 && o.alpha < 1)) throw attn::UsageError("--alpha must be in (0, 1)");
+  o.check_time = !no_time;
+
+  const Run base = load_run(base_path), now = load_run(new_path);
+  describe_runs(base, now, o);
+  if (o.check_time) warn_if_too_few_reps(base, now, o);
+
+  std::vector<Line> lines;
+  int regressions = 0, missing = 0, added = 0;
+  for (const Row& b : base.rows) {
+    Verdict v;
+    auto it = now.index.find(b.key);
+    if (it == now.index.end()) {
+      v.add("MISSING in new", true);
+      lines.push_back({b.key, fmt("%.3e", b.rel_err), "", "", "", "", v.text});
+      ++missing, ++regressions;
+      continue;
+    }
+    lines.push_back(compare_case(b, now.rows[it->second], o, v));
+    regressions += v.regression;
+  }
+  for (const Row& n : now.rows)
+    if (!base.index.count(n.key)) {
+      lines.push_back({n.key, "", fmt("%.3e", n.rel_err), "", "", "", "new case (not compared)"});
+      ++added;
+    }
+  print_table(lines);
+  std::printf("\n%zu baseline cases, %d regressions (%d missing in new), %d new cases: %s\n",
+              base.rows.size(), regressions, missing, added,
+              regressions ? "REGRESSION" : "no regression");
+  return regressions ? 1 : 0;
+}
+
+}  // namespace attnbench
