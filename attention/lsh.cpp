@@ -14,12 +14,17 @@
 // masked tokens.
 #include <omp.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <limits>
 
@@ -154,25 +159,74 @@ Rotations random_rotations(uint64_t seed, int64_t H, int64_t R, int64_t D, int64
   return rot;
 }
 
-// argmax over [p, −p] of each factor's column slice, first maximum; mixed-radix bucket.
+// First index of the maximum of the concatenation [p, −p] (p of length `half`): the maximum
+// is max_t |p_t|, and the copy in p comes before the negated one.
+int64_t argmax_plus_minus(const float* p, int64_t half) {
+#if defined(__AVX512F__)
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t t = 0; t < half; t += 16) {
+    const __mmask16 m = half - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (half - t)) - 1);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, p + t)));
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, vmax);
+  const float best = *std::max_element(lanes, lanes + 16);
+  for (float target : {best, -best})
+    for (int64_t t = 0; t < half; t += 16) {
+      const __mmask16 m = half - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (half - t)) - 1);
+      const __mmask16 eq = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, p + t),
+                                                   _mm512_set1_ps(target), _CMP_EQ_OQ);
+      if (eq) return (target == best ? 0 : half) + t + __builtin_ctz(eq);
+    }
+  return 0;  // NaN projections
+#else
+  int64_t best = 0;
+  float best_v = p[0];
+  for (int64_t t = 1; t < 2 * half; ++t) {
+    const float val = t < half ? p[t] : -p[t - half];
+    if (val > best_v) best_v = val, best = t;
+  }
+  return best;
+#endif
+}
+
+// Angular LSH bucket per factor, combined in mixed radix: a1 + b1·a2 + b1·b2·a3 + …
 int32_t bucket_of(const float* proj, const std::vector<int64_t>& factors) {
   int64_t bucket = 0, radix = 1, off = 0;
   for (int64_t f : factors) {
-    const int64_t half = f / 2;
-    int64_t best = 0;
-    float best_v = proj[off];
-    for (int64_t t = 1; t < f; ++t) {
-      const float val = t < half ? proj[off + t] : -proj[off + t - half];
-      if (val > best_v) best_v = val, best = t;
-    }
-    bucket += radix * best, radix *= f, off += half;
+    bucket += radix * argmax_plus_minus(proj + off, f / 2);
+    radix *= f, off += f / 2;
   }
   return int32_t(bucket);
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+// ATTN_LSH_PROFILE=1: per-forward breakdown on stderr, in wall time and in CPU time (the
+// latter is robust to other processes sharing the cores).
+struct Stamp {
+  double wall, cpu;
+};
+double clock_seconds(clockid_t id) {
+  timespec t;
+  clock_gettime(id, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
 }
+Stamp stamp() {
+  return {
+      std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+      clock_seconds(CLOCK_PROCESS_CPUTIME_ID)};
+}
+struct Phase {
+  double wall = 0, cpu = 0;
+  void add(const Stamp& a) {
+    const Stamp b = stamp();
+    wall += b.wall - a.wall, cpu += b.cpu - a.cpu;
+  }
+};
+struct Profile {
+  bool on = false;
+  Phase norms, hashing, sorting, attention;
+  double gather = 0, kernel = 0, combine = 0;  // thread CPU seconds, summed over threads
+};
 
 class Lsh final : public Attention {
  public:
@@ -220,10 +274,12 @@ class Lsh final : public Attention {
     // perm + inv per side and round (kept for visited_keys), bucket ids, running lse, norms.
     double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
     bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations
-    const double window = double(cfg_.chunk) * (1 + cfg_.before + cfg_.after);
+    const double c = double(cfg_.chunk), span = 1.0 + cfg_.before + cfg_.after;
     double per_thread = 4.0 * (L.buckets + 1024.0 * L.width);  // counting sort, projections
-    per_thread += 4.0 * (2 * cfg_.chunk * (s.dim + 2) + 2 * window * s.dim + window);
-    if (cfg_.dedup) per_thread += 4.0 * (cfg_.chunk + window) * r * (1 + cfg_.before + cfg_.after);
+    // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
+    // block, outputs, lse, positions and the dedup table.
+    per_thread += 4.0 * (span + 1) * c * ((cfg_.shared_qk ? 3 : 2) * s.dim + 1 + r);
+    per_thread += 4.0 * c * (2.0 * s.dim + 2 + r * span);
     per_thread += 4.0 * kernels::kQueryRows * (2.0 * s.dim + kernels::kKeyTile + 3);
     return bytes + per_thread * omp_get_max_threads();
   }
@@ -249,10 +305,10 @@ class Lsh final : public Attention {
 
   const Rotations& rotations_for(const Shape& s, const Layout& L);
   void hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, const Tensor& x,
-                     Order& order, double& t_hash, double& t_sort) const;
+                     Order& order, Profile& prof) const;
   void attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
                      const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
-                     const Order& ko, Tensor& out, double* t_parts) const;
+                     const Order& ko, Tensor& out, Profile& prof) const;
 
   // Global chunk g of a head's concatenation -> its real slots' positions (pads dropped).
   int64_t chunk_positions(const Layout& L, int64_t n, const int32_t* perm_head, int64_t g,
@@ -286,14 +342,14 @@ const Rotations& Lsh::rotations_for(const Shape& s, const Layout& L) {
 }
 
 void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, const Tensor& x,
-                        Order& order, double& t_hash, double& t_sort) const {
+                        Order& order, Profile& prof) const {
   const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, W = L.width;
   const int64_t tasks = s.heads_total() * R;
   std::vector<int32_t> buckets(size_t(tasks * n));
   order.perm.assign(size_t(tasks * L.padded), -1);
   order.inv.resize(size_t(tasks * n));
 
-  auto t0 = std::chrono::steady_clock::now();
+  Stamp t0 = stamp();
   constexpr int64_t kRows = 1024;  // rows projected per GEMM
 #pragma omp parallel
   {
@@ -311,10 +367,10 @@ void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, c
       }
     }
   }
-  t_hash += seconds_since(t0);
+  prof.hashing.add(t0);
 
   // Counting sort per round: stable, so ties keep increasing positions.
-  t0 = std::chrono::steady_clock::now();
+  t0 = stamp();
 #pragma omp parallel
   {
     std::vector<int32_t> start(size_t(L.buckets + 1));
@@ -332,20 +388,21 @@ void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, c
       }
     }
   }
-  t_sort += seconds_since(t0);
+  prof.sorting.add(t0);
 }
 
 void Lsh::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
   static const bool profile = std::getenv("ATTN_LSH_PROFILE") != nullptr;
-  const auto t_start = std::chrono::steady_clock::now();
+  const Stamp t_start = stamp();
   const Layout L = make_layout(cfg_, s.nq);
   const Rotations& rot = rotations_for(s, L);
   const int64_t n = s.nq, D = s.dim;
 
-  double t_norm = 0, t_hash = 0, t_sort = 0, t_parts[3] = {0, 0, 0};
+  Profile prof;
+  prof.on = profile;
   std::vector<float> inv_norm;
   if (cfg_.shared_qk) {
-    auto t0 = std::chrono::steady_clock::now();
+    const Stamp t0 = stamp();
     inv_norm.resize(size_t(s.heads_total() * n));
     const float* x = q.data();
 #pragma omp parallel for schedule(static)
@@ -354,62 +411,89 @@ void Lsh::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor
       for (int64_t d = 0; d < D; ++d) ss += x[i * D + d] * x[i * D + d];
       inv_norm[i] = ss > 0 ? 1.0f / std::sqrt(ss) : 0.0f;  // a zero query gives a zero key
     }
-    t_norm = seconds_since(t0);
+    prof.norms.add(t0);
   }
 
   Order qo, ko;
-  hash_and_sort(s, L, rot, q, qo, t_hash, t_sort);
-  if (!cfg_.shared_qk) hash_and_sort(s, L, rot, k, ko, t_hash, t_sort);
+  hash_and_sort(s, L, rot, q, qo, prof);
+  if (!cfg_.shared_qk) hash_and_sort(s, L, rot, k, ko, prof);
   const Order& keys = cfg_.shared_qk ? qo : ko;
 
-  auto t0 = std::chrono::steady_clock::now();
-  attend_rounds(s, L, q, k, v, inv_norm, qo, keys, out, t_parts);
-  const double t_attend = seconds_since(t0);
+  const Stamp t0 = stamp();
+  attend_rounds(s, L, q, k, v, inv_norm, qo, keys, out, prof);
+  prof.attention.add(t0);
 
   last_ = s, last_layout_ = L;
   q_order_ = std::move(qo), k_order_ = std::move(ko);
   if (profile) {
-    const double total = seconds_since(t_start);
+    Phase total;
+    total.add(t_start);
+    const double hs_wall = prof.norms.wall + prof.hashing.wall + prof.sorting.wall;
+    const double hs_cpu = prof.norms.cpu + prof.hashing.cpu + prof.sorting.cpu;
     std::fprintf(stderr,
-                 "lsh profile n=%lld buckets=%lld (%zu factor%s, %lld rotation columns): total "
-                 "%.1f ms = norms %.1f + hashing %.1f + sorting %.1f + attention %.1f "
-                 "(per-thread mean: gather %.1f, kernel %.1f, combine %.1f); hashing+sorting "
-                 "%.1f%%\n",
+                 "lsh profile n=%lld buckets=%lld (%zu factor%s, %lld rotation columns) | wall ms: "
+                 "total %.1f = norms %.1f + hashing %.1f + sorting %.1f + attention %.1f | CPU ms: "
+                 "total %.1f = norms %.1f + hashing %.1f + sorting %.1f + attention %.1f (gather "
+                 "%.1f, kernel %.1f, combine %.1f) | norms+hashing+sorting: %.1f%% of wall, %.1f%% "
+                 "of CPU\n",
                  (long long)n, (long long)L.buckets, L.factors.size(),
-                 L.factors.size() > 1 ? "s" : "", (long long)L.width, total * 1e3, t_norm * 1e3,
-                 t_hash * 1e3, t_sort * 1e3, t_attend * 1e3, t_parts[0] * 1e3, t_parts[1] * 1e3,
-                 t_parts[2] * 1e3, 100.0 * (t_norm + t_hash + t_sort) / total);
+                 L.factors.size() > 1 ? "s" : "", (long long)L.width, total.wall * 1e3,
+                 prof.norms.wall * 1e3, prof.hashing.wall * 1e3, prof.sorting.wall * 1e3,
+                 prof.attention.wall * 1e3, total.cpu * 1e3, prof.norms.cpu * 1e3,
+                 prof.hashing.cpu * 1e3, prof.sorting.cpu * 1e3, prof.attention.cpu * 1e3,
+                 prof.gather * 1e3, prof.kernel * 1e3, prof.combine * 1e3,
+                 100.0 * hs_wall / total.wall, 100.0 * hs_cpu / total.cpu);
   }
 }
 
-// Per-thread buffers for one chunk: gathered query rows, the window's keys and values,
-// original positions, per-slot outputs and lse, and (dedup) the chunks each pair meets in.
+// One gathered key chunk in a thread's cache: original positions, keys (k̂ = q/‖q‖ when
+// shared), values, the raw query rows (shared: the chunk's queries are its keys' positions)
+// and, for dedup, each key's chunk in every round.
+struct KeyChunk {
+  KeyChunk(int64_t c, int64_t D, bool shared, int64_t rounds)
+      : k(size_t(c * D)),
+        v(size_t(c * D)),
+        q(shared ? size_t(c * D) : 0),
+        pos(size_t(c)),
+        chunks(size_t(c * rounds)) {}
+  int64_t tag = -1, count = 0, used = 0;
+  FloatBuffer k, v, q;
+  std::vector<int32_t> pos, chunks;
+};
+
+// Per-thread state: a cache of span + 1 key chunks, so that consecutive chunks reuse the
+// neighbours they share (chunk J−1 of chunk J was chunk J of the previous task), plus the
+// query block, per-slot outputs and lse, and (dedup) each query's window chunks in every round.
 struct ChunkScratch {
-  ChunkScratch(int64_t c, int64_t window, int64_t D, int64_t dedup_len)
+  ChunkScratch(int64_t c, int64_t span, int64_t D, bool shared, int64_t rounds)
       : qw(size_t(c * D)),
-        kw(size_t(window * D)),
-        vw(size_t(window * D)),
         ow(size_t(c * D)),
         lse(size_t(c)),
         qpos(size_t(c)),
-        kpos(size_t(window)),
-        qchunks(size_t(c * dedup_len)),
-        kchunks(size_t(window * dedup_len)) {}
-  FloatBuffer qw, kw, vw, ow;
+        qchunks(size_t(c * rounds * span)),
+        window(size_t(span)) {
+    for (int64_t i = 0; i <= span; ++i) cache.emplace_back(c, D, shared, rounds);
+  }
+  FloatBuffer qw, ow;
   std::vector<float> lse;
-  std::vector<int32_t> qpos, kpos, qchunks, kchunks;
+  std::vector<int32_t> qpos, qchunks;
+  std::vector<KeyChunk> cache;
+  std::vector<KeyChunk*> window;
+  int64_t clock = 0;
 };
 
 void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
                         const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
-                        const Order& ko, Tensor& out, double* t_parts) const {
+                        const Order& ko, Tensor& out, Profile& prof) const {
   const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, c = cfg_.chunk;
-  const int64_t span = 1 + cfg_.before + cfg_.after, window = c * span;
+  const int64_t span = 1 + cfg_.before + cfg_.after;
   const int64_t total_chunks = R * L.chunks;  // of one head's concatenation
-  const int64_t tasks = s.heads_total() * L.chunks;
   const float scale = s.softmax_scale();
   const bool shared = cfg_.shared_qk, causal = s.causal, dedup = cfg_.dedup;
-  const int64_t dedup_len = dedup ? R * span : 0;
+  const int64_t dedup_len = R * span;
+  // Heads processed together: enough chunks per round for both threads, while one head's
+  // q, k, v and out stay as cache-resident as the length allows.
+  const int64_t group = std::clamp<int64_t>(256 / L.chunks, 1, s.heads_total());
   std::vector<float> lse_run(size_t(s.heads_total() * n));
   auto wrap = [&](int64_t g) { return ((g % total_chunks) + total_chunks) % total_chunks; };
   // Global chunk of position `pos` in round `round` of the side `o`.
@@ -417,110 +501,183 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
     return int32_t((round * L.padded + o.inv[size_t((bh * R + round) * n + pos)]) / c);
   };
 
+  // Fills `kc` with key chunk g of head bh (pads dropped).
+  auto gather_keys = [&](int64_t bh, int64_t g, KeyChunk& kc) {
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    kc.count = chunk_positions(L, n, ko.perm.data() + bh * R * L.padded, g, kc.pos.data());
+    const float* vh = v.head(b, h);
+    if (shared) {
+      const float* qh = q.head(b, h);
+      const float* norms = inv_norm.data() + bh * n;
+      for (int64_t j = 0; j < kc.count; ++j) {
+        const int64_t p = kc.pos[j];
+        std::copy_n(qh + p * D, D, kc.q.data() + j * D);
+        for (int64_t d = 0; d < D; ++d) kc.k[j * D + d] = qh[p * D + d] * norms[p];
+      }
+    } else {
+      const float* kh = k.head(b, h);
+      for (int64_t j = 0; j < kc.count; ++j)
+        std::copy_n(kh + kc.pos[j] * D, D, kc.k.data() + j * D);
+    }
+    for (int64_t j = 0; j < kc.count; ++j) std::copy_n(vh + kc.pos[j] * D, D, kc.v.data() + j * D);
+    if (dedup)
+      for (int64_t j = 0; j < kc.count; ++j)
+        for (int64_t rr = 0; rr < R; ++rr) kc.chunks[j * R + rr] = chunk_of(ko, bh, rr, kc.pos[j]);
+  };
+
+  // Asks for the rows chunk g will gather (its new key chunk, and the output rows its queries
+  // update) while this chunk computes: the positions are random, so the gathers are
+  // latency-bound otherwise.
+  auto prefetch_next = [&](int64_t bh, int64_t g) {
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
+    const int32_t* qperm = qo.perm.data() + bh * R * L.padded;
+    const int64_t gk = wrap(g + cfg_.after);
+    const int32_t* kp = kperm + (gk / L.chunks) * L.padded + (gk % L.chunks) * c;
+    const int32_t* qp = qperm + (g / L.chunks) * L.padded + (g % L.chunks) * c;
+    const float* kh = shared ? q.head(b, h) : k.head(b, h);
+    const float* vh = v.head(b, h);
+    const float* qh = q.head(b, h);
+    float* oh = out.head(b, h);
+    for (int64_t i = 0; i < c; ++i) {
+      const int64_t pk = kp[i], pq = qp[i];
+      for (int64_t d = 0; d < D; d += 16) {
+        if (pk >= 0) __builtin_prefetch(kh + pk * D + d), __builtin_prefetch(vh + pk * D + d);
+        if (pq >= 0) {
+          __builtin_prefetch(oh + pq * D + d, 1);
+          if (!shared) __builtin_prefetch(qh + pq * D + d);
+        }
+      }
+    }
+  };
+
+  // Points sc.window at the key chunks g−before … g+after, gathering the ones not cached.
+  auto load_window = [&](ChunkScratch& sc, int64_t bh, int64_t g) {
+    const int64_t clock = ++sc.clock;
+    std::vector<int64_t> missing;
+    for (int64_t w = 0; w < span; ++w) {
+      const int64_t tag = bh * total_chunks + wrap(g - cfg_.before + w);
+      sc.window[size_t(w)] = nullptr;
+      for (auto& kc : sc.cache)
+        if (kc.tag == tag) sc.window[size_t(w)] = &kc, kc.used = clock;
+      if (!sc.window[size_t(w)]) missing.push_back(w);
+    }
+    for (int64_t w : missing) {
+      const int64_t tag = bh * total_chunks + wrap(g - cfg_.before + w);
+      KeyChunk* hit = nullptr;  // an earlier miss of the same chunk (it repeats in the window)
+      for (auto& kc : sc.cache)
+        if (kc.tag == tag) hit = &kc;
+      if (!hit) {
+        hit = &sc.cache[0];
+        for (auto& kc : sc.cache)
+          if (kc.used < hit->used) hit = &kc;  // least recently used, never one in this window
+        gather_keys(bh, wrap(g - cfg_.before + w), *hit);
+        hit->tag = tag;
+      }
+      hit->used = clock;
+      sc.window[size_t(w)] = hit;
+    }
+  };
+
   std::vector<double> parts(size_t(3 * omp_get_max_threads()), 0.0);
 #pragma omp parallel
   {
     OnlineSoftmax sm(D);
-    ChunkScratch sc(c, window, D, dedup_len);
+    ChunkScratch sc(c, span, D, shared, R);
     double* my = parts.data() + 3 * omp_get_thread_num();
-    for (int64_t round = 0; round < R; ++round) {
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < tasks; ++t) {
-        auto t0 = std::chrono::steady_clock::now();
-        const int64_t bh = t / L.chunks, b = bh / s.heads, h = bh % s.heads;
-        const int64_t g = round * L.chunks + t % L.chunks;
-        const int32_t* qperm = qo.perm.data() + bh * R * L.padded;
-        const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
-        const float* qh = q.head(b, h);
-        const float* kh = shared ? qh : k.head(b, h);
-        const float* vh = v.head(b, h);
-        const float* norms = shared ? inv_norm.data() + bh * n : nullptr;
+    for (int64_t bh0 = 0; bh0 < s.heads_total(); bh0 += group) {
+      const int64_t heads = std::min(group, s.heads_total() - bh0);
+      const int64_t tasks = heads * L.chunks;
+      for (int64_t round = 0; round < R; ++round) {
+        // Blocks of consecutive chunks per thread, so neighbours come from the cache.
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t t = 0; t < tasks; ++t) {
+          const double t0 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+          const int64_t bh = bh0 + t / L.chunks, b = bh / s.heads, h = bh % s.heads;
+          const int64_t g = round * L.chunks + t % L.chunks;
+          load_window(sc, bh, g);
+          if ((t + 1) % L.chunks != 0) prefetch_next(bh, g + 1);
+          const int64_t rows =
+              chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
+          const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
+          if (!shared) {
+            const float* qh = q.head(b, h);
+            for (int64_t i = 0; i < rows; ++i)
+              std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
+            qrows = sc.qw.data();
+          }
+          if (dedup)  // every chunk each query's windows cover, over all rounds
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t rr = 0; rr < R; ++rr)
+                for (int64_t w = 0; w < span; ++w)
+                  sc.qchunks[i * dedup_len + rr * span + w] =
+                      int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
+          const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+          my[0] += t1 - t0;
 
-        const int64_t rows = chunk_positions(L, n, qperm, g, sc.qpos.data());
-        for (int64_t i = 0; i < rows; ++i)
-          std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
-        int64_t nkeys = 0;
-        for (int64_t off = -cfg_.before; off <= cfg_.after; ++off)
-          nkeys += chunk_positions(L, n, kperm, wrap(g + off), sc.kpos.data() + nkeys);
-        for (int64_t j = 0; j < nkeys; ++j) {
-          const int64_t p = sc.kpos[j];
-          float* kr = sc.kw.data() + j * D;
-          if (shared)
-            for (int64_t d = 0; d < D; ++d) kr[d] = kh[p * D + d] * norms[p];
-          else
-            std::copy_n(kh + p * D, D, kr);
-          std::copy_n(vh + p * D, D, sc.vw.data() + j * D);
-        }
-        if (dedup) {
-          // Every chunk each query's windows cover (all rounds), and each key's chunk per round.
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t rr = 0; rr < R; ++rr)
-              for (int64_t off = -cfg_.before; off <= cfg_.after; ++off)
-                sc.qchunks[i * dedup_len + rr * span + off + cfg_.before] =
-                    int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) + off));
-          for (int64_t j = 0; j < nkeys; ++j)
-            for (int64_t rr = 0; rr < R; ++rr)
-              sc.kchunks[j * R + rr] = chunk_of(ko, bh, rr, sc.kpos[j]);
-        }
-        auto t1 = std::chrono::steady_clock::now();
-        my[0] += std::chrono::duration<double>(t1 - t0).count();
-
-        for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
-          const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
-          const int32_t* qp = sc.qpos.data() + r0;
-          const int32_t* kp = sc.kpos.data();
-          sm.begin(sc.qw.data() + r0 * D, D, nr, scale);
-          if (!shared && !causal && !dedup) {
-            sm.attend(sc.kw.data(), sc.vw.data(), D, nkeys);
-          } else if (!dedup) {
-            sm.attend_masked(sc.kw.data(), sc.vw.data(), D, nkeys, [&](int64_t r, int64_t j) {
-              if (causal && kp[j] > qp[r]) return kHidden;
-              return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-            });
-          } else {
+          for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
+            const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
+            const int32_t* qp = sc.qpos.data() + r0;
             const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
-            const int32_t* kc = sc.kchunks.data();
-            sm.attend_masked(sc.kw.data(), sc.vw.data(), D, nkeys, [&](int64_t r, int64_t j) {
-              if (causal && kp[j] > qp[r]) return kHidden;
-              // Times key j is a candidate of query r over all rounds (>= 1: it is one here).
-              int meets = 0;
-              for (int64_t e = 0; e < dedup_len; ++e) {
-                const int32_t gc = qc[r * dedup_len + e];
-                meets += kc[j * R + gc / L.chunks] == gc;
+            sm.begin(qrows + r0 * D, D, nr, scale);
+            // One kernel call per key chunk, whether or not it came from the cache, so the
+            // arithmetic never depends on the schedule.
+            for (const KeyChunk* kc : sc.window) {
+              const int32_t* kp = kc->pos.data();
+              const int32_t* kch = kc->chunks.data();
+              if (!shared && !causal && !dedup) {
+                sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
+              } else if (!dedup) {
+                sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
+                                 [&](int64_t r, int64_t j) {
+                                   if (causal && kp[j] > qp[r]) return kHidden;
+                                   return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+                                 });
+              } else {
+                sm.attend_masked(
+                    kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
+                      if (causal && kp[j] > qp[r]) return kHidden;
+                      // Times key j is a candidate of query r over all rounds (>= 1).
+                      int meets = 0;
+                      for (int64_t e = 0; e < dedup_len; ++e) {
+                        const int32_t gc = qc[r * dedup_len + e];
+                        meets += kch[j * R + gc / L.chunks] == gc;
+                      }
+                      const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+                      return self - std::log(float(meets));
+                    });
               }
-              const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-              return self - std::log(float(meets));
-            });
+            }
+            sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
           }
-          sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
-        }
-        auto t2 = std::chrono::steady_clock::now();
-        my[1] += std::chrono::duration<double>(t2 - t1).count();
+          const double t2 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+          my[1] += t2 - t1;
 
-        // Streamed log-sum-exp combination: out stays the normalized mixture of rounds so far.
-        float* oh = out.head(b, h);
-        float* lr = lse_run.data() + bh * n;
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t p = sc.qpos[i];
-          const float* o = sc.ow.data() + i * D;
-          float* dst = oh + p * D;
-          const float a = lr[p], l = sc.lse[i];
-          if (round == 0 || (a == kHidden && l != kHidden)) {
-            std::copy_n(o, D, dst), lr[p] = l;
-          } else if (l != kHidden) {
-            const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
-            const float inv = 1.0f / (wa + wl);
-            for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
-            lr[p] = m + std::log(wa + wl);
+          // Streamed log-sum-exp combination: out stays the normalized mixture of the rounds
+          // so far; each position occurs once per round, so threads never share a row.
+          float* oh = out.head(b, h);
+          float* lr = lse_run.data() + bh * n;
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t p = sc.qpos[i];
+            const float* o = sc.ow.data() + i * D;
+            float* dst = oh + p * D;
+            const float a = lr[p], l = sc.lse[i];
+            if (round == 0 || (a == kHidden && l != kHidden)) {
+              std::copy_n(o, D, dst), lr[p] = l;
+            } else if (l != kHidden) {
+              const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
+              const float inv = 1.0f / (wa + wl);
+              for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
+              lr[p] = m + std::log(wa + wl);
+            }
           }
+          if (prof.on) my[2] += clock_seconds(CLOCK_THREAD_CPUTIME_ID) - t2;
         }
-        my[2] += seconds_since(t2);
       }
     }
   }
-  const int threads = omp_get_max_threads();
-  for (int th = 0; th < threads; ++th)
-    for (int x = 0; x < 3; ++x) t_parts[x] += parts[size_t(3 * th + x)] / threads;
+  for (size_t th = 0; th < parts.size(); th += 3)
+    prof.gather += parts[th], prof.kernel += parts[th + 1], prof.combine += parts[th + 2];
 }
 
 bool Lsh::visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i, VisitedKeys& out) const {
