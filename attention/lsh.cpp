@@ -625,8 +625,17 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
             for (const KeyChunk* kc : sc.window) {
               const int32_t* kp = kc->pos.data();
               const int32_t* kch = kc->chunks.data();
-              if (!shared && !causal && !dedup) {
+              // Shared, non-causal: the own chunk hides only its diagonal, and another chunk
+              // of the same round holds no query's position (a position occurs once per
+              // round), so it needs no mask at all.
+              const int64_t kg = kc->tag % total_chunks;
+              const bool same_round = kg / L.chunks == g / L.chunks;
+              if (!causal && !dedup && (!shared || (same_round && kg != g))) {
                 sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
+              } else if (!causal && !dedup && kg == g) {
+                sm.attend_masked(
+                    kc->k.data(), kc->v.data(), D, kc->count,
+                    [&](int64_t r, int64_t j) { return r0 + r == j ? kSelfPenalty : 0.0f; });
               } else if (!dedup) {
                 sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
                                  [&](int64_t r, int64_t j) {
