@@ -1,0 +1,795 @@
+// `lsh`: Reformer's LSH self-attention (arXiv:2001.04451; ALGORITHMS.md §2).
+//
+// Per head and hash round: bucket every row by angular LSH (argmax over [xR, −xR],
+// arXiv:1509.02897), stable-sort positions by (bucket, position) with a counting sort, pad
+// each round's sorted order to a multiple of the chunk length c, concatenate the rounds and
+// cut the concatenation into chunks of c. Each chunk's queries attend the keys of the chunks
+// J−before … J+after, cyclic over the whole concatenation (HF `_look_adjacent`, trax
+// `look_adjacent`), through the shared online-softmax kernel. Rounds are combined by their
+// log-sum-exp weights, streamed round by round into the output (a normalized mixture).
+//
+// Padding (n not a multiple of c): pad slots sit at the end of each round (HF's extra
+// padding bucket) and are dropped when a window is gathered, so they are never keys and
+// never computed as queries; results for real positions are what HF gets from padding with
+// masked tokens.
+#include <omp.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <limits>
+
+#include "attention/kernels/gemm.h"
+#include "attention/kernels/online_softmax.h"
+#include "attention/npy.h"
+#include "attention/registry.h"
+
+namespace attn {
+namespace {
+
+using kernels::OnlineSoftmax;
+
+// The paper's self-mask value (HF fp32 and trax): added to the logit of a query's own
+// position, so a token attends to itself only when nothing else is visible.
+constexpr float kSelfPenalty = -1e5f;
+constexpr float kHidden = OnlineSoftmax::kHidden;
+constexpr int64_t kMaxBuckets = int64_t(1) << 24;
+
+// Bucket count and how the rotation columns are split into factors (ALGORITHMS.md §2.3).
+struct Layout {
+  int64_t buckets = 0;           // total buckets per round: product of factors
+  std::vector<int64_t> factors;  // each even; bucket = a1 + b1·a2 + b1·b2·a3 + …
+  int64_t width = 0;             // rotation columns: Σ factors / 2
+  int64_t padded = 0;            // n rounded up to a multiple of c
+  int64_t chunks = 0;            // chunks per round: padded / c
+};
+
+struct Config {
+  std::string buckets;  // "auto" (n/c), "hf", an even integer, or "AxB"
+  std::string factorize;
+  int64_t rounds = 4, chunk = 64, before = 1, after = 0;
+  bool shared_qk = true, dedup = false;
+  uint64_t seed = 0;
+};
+
+int64_t parse_even(const std::string& text, const std::string& whole) {
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno || v < 2 || v % 2 || v > kMaxBuckets)
+    throw UsageError("lsh: buckets=" + whole +
+                     " is invalid; expected auto, hf, an even integer in [2, 2^24] or a product "
+                     "of even factors such as 32x32");
+  return v;
+}
+
+// Explicit factors from "b" or "b1xb2x…"; empty for the n-dependent rules.
+std::vector<int64_t> explicit_factors(const std::string& text) {
+  if (text == "auto" || text == "hf") return {};
+  std::vector<int64_t> f;
+  size_t start = 0;
+  int64_t product = 1;
+  while (true) {
+    size_t x = text.find('x', start);
+    f.push_back(parse_even(text.substr(start, x - start), text));
+    product *= f.back();
+    if (product > kMaxBuckets) parse_even("0", text);  // throws the usual message
+    if (x == std::string::npos) break;
+    start = x + 1;
+  }
+  return f;
+}
+
+// HF's factorization: two factors near sqrt(nb), the smaller first ([2^⌊p/2⌋, 2^(p−⌊p/2⌋)]
+// for nb = 2^p); flat when nb has no split into two even factors.
+std::vector<int64_t> split_two(int64_t nb) {
+  for (int64_t b1 = int64_t(std::sqrt(double(nb))); b1 >= 2; --b1)
+    if (b1 % 2 == 0 && nb % b1 == 0 && (nb / b1) % 2 == 0) return {b1, nb / b1};
+  return {nb};
+}
+
+Layout make_layout(const Config& cfg, int64_t n) {
+  Layout L;
+  L.factors = explicit_factors(cfg.buckets);
+  if (L.factors.empty()) {
+    int64_t nb;
+    if (cfg.buckets == "auto") {
+      nb = 2 * std::max<int64_t>(1, n / (2 * cfg.chunk));  // lucidrains: n / bucket_size
+    } else {
+      // HF: largest power of two <= 2·floor(n/c) (at least 2).
+      const int64_t two = 2 * (n / cfg.chunk);
+      nb = 2;
+      while (nb * 2 <= two) nb *= 2;
+    }
+    nb = std::min(nb, kMaxBuckets);
+    // HF factorizes when nb > 2·max(floor(sqrt(max_pos / c)), c), max_pos = 4096 by default.
+    const int64_t limit =
+        2 * std::max<int64_t>(int64_t(std::sqrt(4096.0 / double(cfg.chunk))), cfg.chunk);
+    L.factors = (cfg.factorize == "auto" && nb > limit) ? split_two(nb) : std::vector<int64_t>{nb};
+  }
+  L.buckets = 1;
+  for (int64_t f : L.factors) L.buckets *= f, L.width += f / 2;
+  L.padded = (n + cfg.chunk - 1) / cfg.chunk * cfg.chunk;
+  L.chunks = L.padded / cfg.chunk;
+  return L;
+}
+
+// Counter-based N(0,1): entry e of (head, round) depends only on (seed, head, round, e).
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+float gaussian(uint64_t stream, uint64_t e) {
+  const double u1 = (double(mix(stream ^ mix(2 * e)) >> 11) + 0.5) * 0x1p-53;
+  const double u2 = (double(mix(stream ^ mix(2 * e + 1)) >> 11) + 0.5) * 0x1p-53;
+  return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+// Rotations [heads, rounds, D, width], shared by the batch (as HF).
+struct Rotations {
+  int64_t heads = 0, rounds = 0, dim = 0, width = 0;
+  std::vector<float> data;
+  const float* at(int64_t h, int64_t r) const {
+    return data.data() + (h * rounds + r) * dim * width;
+  }
+  bool fits(int64_t H, int64_t R, int64_t D, int64_t W) const {
+    return heads == H && rounds == R && dim == D && width == W;
+  }
+};
+
+Rotations random_rotations(uint64_t seed, int64_t H, int64_t R, int64_t D, int64_t W) {
+  Rotations rot{H, R, D, W, std::vector<float>(size_t(H * R * D * W))};
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t r = 0; r < R; ++r) {
+      const uint64_t stream = mix(mix(seed) ^ mix(uint64_t(h) << 32 | uint64_t(r)));
+      float* out = rot.data.data() + (h * R + r) * D * W;
+      for (int64_t e = 0; e < D * W; ++e) out[e] = gaussian(stream, uint64_t(e));
+    }
+  return rot;
+}
+
+// First index of the maximum of the concatenation [p, −p] (p of length `half`): the maximum
+// is max_t |p_t|, and the copy in p comes before the negated one.
+int64_t argmax_plus_minus(const float* p, int64_t half) {
+#if defined(__AVX512F__)
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t t = 0; t < half; t += 16) {
+    const __mmask16 m = half - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (half - t)) - 1);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, p + t)));
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, vmax);
+  const float best = *std::max_element(lanes, lanes + 16);
+  for (float target : {best, -best})
+    for (int64_t t = 0; t < half; t += 16) {
+      const __mmask16 m = half - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (half - t)) - 1);
+      const __mmask16 eq = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, p + t),
+                                                   _mm512_set1_ps(target), _CMP_EQ_OQ);
+      if (eq) return (target == best ? 0 : half) + t + __builtin_ctz(eq);
+    }
+  return 0;  // NaN projections
+#else
+  int64_t best = 0;
+  float best_v = p[0];
+  for (int64_t t = 1; t < 2 * half; ++t) {
+    const float val = t < half ? p[t] : -p[t - half];
+    if (val > best_v) best_v = val, best = t;
+  }
+  return best;
+#endif
+}
+
+// Angular LSH bucket per factor, combined in mixed radix: a1 + b1·a2 + b1·b2·a3 + …
+int32_t bucket_of(const float* proj, const std::vector<int64_t>& factors) {
+  int64_t bucket = 0, radix = 1, off = 0;
+  for (int64_t f : factors) {
+    bucket += radix * argmax_plus_minus(proj + off, f / 2);
+    radix *= f, off += f / 2;
+  }
+  return int32_t(bucket);
+}
+
+// ATTN_LSH_PROFILE=1: per-forward breakdown on stderr, in wall time and in CPU time (the
+// latter is robust to other processes sharing the cores).
+struct Stamp {
+  double wall, cpu;
+};
+double clock_seconds(clockid_t id) {
+  timespec t;
+  clock_gettime(id, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+Stamp stamp() {
+  return {
+      std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+      clock_seconds(CLOCK_PROCESS_CPUTIME_ID)};
+}
+struct Phase {
+  double wall = 0, cpu = 0;
+  void add(const Stamp& a) {
+    const Stamp b = stamp();
+    wall += b.wall - a.wall, cpu += b.cpu - a.cpu;
+  }
+};
+struct Profile {
+  bool on = false;
+  Phase norms, hashing, sorting, attention;
+  double gather = 0, kernel = 0, combine = 0;  // thread CPU seconds, summed over threads
+};
+
+class Lsh final : public Attention {
+ public:
+  explicit Lsh(Config cfg) : cfg_(std::move(cfg)) { explicit_factors(cfg_.buckets); }
+
+  std::string name() const override { return "lsh"; }
+
+  ParamValues params() const override {
+    return {{"buckets", cfg_.buckets},
+            {"factorize", cfg_.factorize},
+            {"rounds", std::to_string(cfg_.rounds)},
+            {"chunk", std::to_string(cfg_.chunk)},
+            {"before", std::to_string(cfg_.before)},
+            {"after", std::to_string(cfg_.after)},
+            {"shared_qk", cfg_.shared_qk ? "true" : "false"},
+            {"dedup", cfg_.dedup ? "true" : "false"},
+            {"seed", std::to_string(cfg_.seed)}};
+  }
+
+  void validate(const Shape& s) const override {
+    s.check();
+    if (s.nq != s.nk)
+      throw UsageError("lsh is self-attention: it needs equal query and key lengths, got Nq=" +
+                       std::to_string(s.nq) + " Nk=" + std::to_string(s.nk));
+    const Layout L = make_layout(cfg_, s.nq);
+    if (double(cfg_.rounds) * L.padded >= double(std::numeric_limits<int32_t>::max()))
+      throw UsageError("lsh: rounds x padded length must stay below 2^31 slots");
+  }
+
+  void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+               Tensor& out) override;
+
+  double flops(const Shape& s) const override {
+    const Layout L = make_layout(cfg_, s.nq);
+    const double n = double(s.nq), r = double(cfg_.rounds), D = double(s.dim);
+    const double attend = 4.0 * D * r * n * cfg_.chunk * (1 + cfg_.before + cfg_.after);
+    const double hash = 2.0 * r * n * D * L.width * (cfg_.shared_qk ? 1 : 2);
+    return (attend + hash) * s.heads_total();
+  }
+
+  double extra_bytes(const Shape& s) const override {
+    const Layout L = make_layout(cfg_, s.nq);
+    const double BH = double(s.heads_total()), n = double(s.nq), r = double(cfg_.rounds);
+    const double sides = cfg_.shared_qk ? 1 : 2;
+    // perm + inv per side and round (kept for visited_keys), bucket ids, running lse, norms.
+    double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
+    bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations
+    const double c = double(cfg_.chunk), span = 1.0 + cfg_.before + cfg_.after;
+    double per_thread = 4.0 * (L.buckets + 1024.0 * L.width);  // counting sort, projections
+    // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
+    // block, outputs, lse, positions and the dedup table.
+    per_thread += 4.0 * (span + 1) * c * ((cfg_.shared_qk ? 3 : 2) * s.dim + 1 + r);
+    per_thread += 4.0 * c * (2.0 * s.dim + 2 + r * span);
+    per_thread += 4.0 * kernels::kQueryRows * (2.0 * s.dim + kernels::kKeyTile + 3);
+    return bytes + per_thread * omp_get_max_threads();
+  }
+
+  bool visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i,
+                    VisitedKeys& out) const override;
+
+  std::string dense_counterpart() const override {
+    return cfg_.shared_qk ? "dense attention over keys k̂ = q/‖q‖ with the self-mask (a token "
+                            "attends to itself only when it sees no other key)"
+                          : "";
+  }
+
+  void save_random(const std::string& dir, const Shape& s) const override;
+  void load_random(const std::string& dir, const Shape& s) override;
+
+ private:
+  // Sorted orders of one side (queries, or keys when shared_qk=false) of the last forward():
+  // perm[(bh·r + round)·padded + slot] = position (−1 = pad), inv[(bh·r + round)·n + pos] = slot.
+  struct Order {
+    std::vector<int32_t> perm, inv;
+  };
+
+  const Rotations& rotations_for(const Shape& s, const Layout& L);
+  void hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, const Tensor& x,
+                     Order& order, Profile& prof) const;
+  void attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
+                     const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
+                     const Order& ko, Tensor& out, Profile& prof) const;
+
+  // Global chunk g of a head's concatenation -> its real slots' positions (pads dropped).
+  int64_t chunk_positions(const Layout& L, int64_t n, const int32_t* perm_head, int64_t g,
+                          int32_t* pos) const {
+    const int64_t round = g / L.chunks, j = g % L.chunks;
+    const int32_t* p = perm_head + round * L.padded + j * cfg_.chunk;
+    const int64_t real = std::min<int64_t>(cfg_.chunk, n - j * cfg_.chunk);
+    std::copy(p, p + real, pos);
+    return real;
+  }
+
+  Config cfg_;
+  Rotations rot_;
+  bool loaded_ = false;
+  // State of the last forward(), for visited_keys().
+  Shape last_;
+  Layout last_layout_;
+  Order q_order_, k_order_;
+};
+
+const Rotations& Lsh::rotations_for(const Shape& s, const Layout& L) {
+  if (rot_.fits(s.heads, cfg_.rounds, s.dim, L.width)) return rot_;
+  if (loaded_)
+    throw UsageError("lsh: the imported rotations are [" + std::to_string(rot_.heads) + "," +
+                     std::to_string(rot_.rounds) + "," + std::to_string(rot_.dim) + "," +
+                     std::to_string(rot_.width) + "] but this problem needs [" +
+                     std::to_string(s.heads) + "," + std::to_string(cfg_.rounds) + "," +
+                     std::to_string(s.dim) + "," + std::to_string(L.width) + "]");
+  rot_ = random_rotations(cfg_.seed, s.heads, cfg_.rounds, s.dim, L.width);
+  return rot_;
+}
+
+void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, const Tensor& x,
+                        Order& order, Profile& prof) const {
+  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, W = L.width;
+  const int64_t tasks = s.heads_total() * R;
+  std::vector<int32_t> buckets(size_t(tasks * n));
+  order.perm.assign(size_t(tasks * L.padded), -1);
+  order.inv.resize(size_t(tasks * n));
+
+  Stamp t0 = stamp();
+  constexpr int64_t kRows = 1024;  // rows projected per GEMM
+#pragma omp parallel
+  {
+    std::vector<float> proj(size_t(kRows * W));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t bh = t / R, round = t % R;
+      const float* xh = x.head(bh / s.heads, bh % s.heads);
+      const float* rt = rot.at(bh % s.heads, round);
+      int32_t* bk = buckets.data() + t * n;
+      for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+        const int64_t rows = std::min(kRows, n - r0);
+        kernels::sgemm(false, false, rows, W, D, 1.0f, xh + r0 * D, D, rt, W, 0.0f, proj.data(), W);
+        for (int64_t i = 0; i < rows; ++i) bk[r0 + i] = bucket_of(proj.data() + i * W, L.factors);
+      }
+    }
+  }
+  prof.hashing.add(t0);
+
+  // Counting sort per round: stable, so ties keep increasing positions.
+  t0 = stamp();
+#pragma omp parallel
+  {
+    std::vector<int32_t> start(size_t(L.buckets + 1));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int32_t* bk = buckets.data() + t * n;
+      int32_t* perm = order.perm.data() + t * L.padded;
+      int32_t* inv = order.inv.data() + t * n;
+      std::fill(start.begin(), start.end(), 0);
+      for (int64_t i = 0; i < n; ++i) ++start[bk[i] + 1];
+      for (int64_t b = 0; b < L.buckets; ++b) start[b + 1] += start[b];
+      for (int64_t i = 0; i < n; ++i) {
+        const int32_t slot = start[bk[i]]++;
+        perm[slot] = int32_t(i), inv[i] = slot;
+      }
+    }
+  }
+  prof.sorting.add(t0);
+}
+
+void Lsh::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
+  static const bool profile = std::getenv("ATTN_LSH_PROFILE") != nullptr;
+  const Stamp t_start = stamp();
+  const Layout L = make_layout(cfg_, s.nq);
+  const Rotations& rot = rotations_for(s, L);
+  const int64_t n = s.nq, D = s.dim;
+
+  Profile prof;
+  prof.on = profile;
+  std::vector<float> inv_norm;
+  if (cfg_.shared_qk) {
+    const Stamp t0 = stamp();
+    inv_norm.resize(size_t(s.heads_total() * n));
+    const float* x = q.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < s.heads_total() * n; ++i) {
+      float ss = 0;
+      for (int64_t d = 0; d < D; ++d) ss += x[i * D + d] * x[i * D + d];
+      inv_norm[i] = ss > 0 ? 1.0f / std::sqrt(ss) : 0.0f;  // a zero query gives a zero key
+    }
+    prof.norms.add(t0);
+  }
+
+  Order qo, ko;
+  hash_and_sort(s, L, rot, q, qo, prof);
+  if (!cfg_.shared_qk) hash_and_sort(s, L, rot, k, ko, prof);
+  const Order& keys = cfg_.shared_qk ? qo : ko;
+
+  const Stamp t0 = stamp();
+  attend_rounds(s, L, q, k, v, inv_norm, qo, keys, out, prof);
+  prof.attention.add(t0);
+
+  last_ = s, last_layout_ = L;
+  q_order_ = std::move(qo), k_order_ = std::move(ko);
+  if (profile) {
+    Phase total;
+    total.add(t_start);
+    const double hs_wall = prof.norms.wall + prof.hashing.wall + prof.sorting.wall;
+    const double hs_cpu = prof.norms.cpu + prof.hashing.cpu + prof.sorting.cpu;
+    std::fprintf(stderr,
+                 "lsh profile n=%lld buckets=%lld (%zu factor%s, %lld rotation columns) | wall ms: "
+                 "total %.1f = norms %.1f + hashing %.1f + sorting %.1f + attention %.1f | CPU ms: "
+                 "total %.1f = norms %.1f + hashing %.1f + sorting %.1f + attention %.1f (gather "
+                 "%.1f, kernel %.1f, combine %.1f) | norms+hashing+sorting: %.1f%% of wall, %.1f%% "
+                 "of CPU\n",
+                 (long long)n, (long long)L.buckets, L.factors.size(),
+                 L.factors.size() > 1 ? "s" : "", (long long)L.width, total.wall * 1e3,
+                 prof.norms.wall * 1e3, prof.hashing.wall * 1e3, prof.sorting.wall * 1e3,
+                 prof.attention.wall * 1e3, total.cpu * 1e3, prof.norms.cpu * 1e3,
+                 prof.hashing.cpu * 1e3, prof.sorting.cpu * 1e3, prof.attention.cpu * 1e3,
+                 prof.gather * 1e3, prof.kernel * 1e3, prof.combine * 1e3,
+                 100.0 * hs_wall / total.wall, 100.0 * hs_cpu / total.cpu);
+  }
+}
+
+// One gathered key chunk in a thread's cache: original positions, keys (k̂ = q/‖q‖ when
+// shared), values, the raw query rows (shared: the chunk's queries are its keys' positions)
+// and, for dedup, each key's chunk in every round.
+struct KeyChunk {
+  KeyChunk(int64_t c, int64_t D, bool shared, int64_t rounds)
+      : k(size_t(c * D)),
+        v(size_t(c * D)),
+        q(shared ? size_t(c * D) : 0),
+        pos(size_t(c)),
+        chunks(size_t(c * rounds)) {}
+  int64_t tag = -1, count = 0, used = 0;
+  FloatBuffer k, v, q;
+  std::vector<int32_t> pos, chunks;
+};
+
+// Per-thread state: a cache of span + 1 key chunks, so that consecutive chunks reuse the
+// neighbours they share (chunk J−1 of chunk J was chunk J of the previous task), plus the
+// query block, per-slot outputs and lse, and (dedup) each query's window chunks in every round.
+struct ChunkScratch {
+  ChunkScratch(int64_t c, int64_t span, int64_t D, bool shared, int64_t rounds)
+      : qw(size_t(c * D)),
+        ow(size_t(c * D)),
+        lse(size_t(c)),
+        qpos(size_t(c)),
+        qchunks(size_t(c * rounds * span)),
+        window(size_t(span)) {
+    for (int64_t i = 0; i <= span; ++i) cache.emplace_back(c, D, shared, rounds);
+  }
+  FloatBuffer qw, ow;
+  std::vector<float> lse;
+  std::vector<int32_t> qpos, qchunks;
+  std::vector<KeyChunk> cache;
+  std::vector<KeyChunk*> window;
+  int64_t clock = 0;
+};
+
+void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
+                        const Order& ko, Tensor& out, Profile& prof) const {
+  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, c = cfg_.chunk;
+  const int64_t span = 1 + cfg_.before + cfg_.after;
+  const int64_t total_chunks = R * L.chunks;  // of one head's concatenation
+  const float scale = s.softmax_scale();
+  const bool shared = cfg_.shared_qk, causal = s.causal, dedup = cfg_.dedup;
+  const int64_t dedup_len = R * span;
+  // Heads processed together: enough chunks per round for both threads, while one head's
+  // q, k, v and out stay as cache-resident as the length allows.
+  const int64_t group = std::clamp<int64_t>(256 / L.chunks, 1, s.heads_total());
+  std::vector<float> lse_run(size_t(s.heads_total() * n));
+  auto wrap = [&](int64_t g) { return ((g % total_chunks) + total_chunks) % total_chunks; };
+  // Global chunk of position `pos` in round `round` of the side `o`.
+  auto chunk_of = [&](const Order& o, int64_t bh, int64_t round, int64_t pos) {
+    return int32_t((round * L.padded + o.inv[size_t((bh * R + round) * n + pos)]) / c);
+  };
+
+  // Fills `kc` with key chunk g of head bh (pads dropped).
+  auto gather_keys = [&](int64_t bh, int64_t g, KeyChunk& kc) {
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    kc.count = chunk_positions(L, n, ko.perm.data() + bh * R * L.padded, g, kc.pos.data());
+    const float* vh = v.head(b, h);
+    if (shared) {
+      const float* qh = q.head(b, h);
+      const float* norms = inv_norm.data() + bh * n;
+      for (int64_t j = 0; j < kc.count; ++j) {
+        const int64_t p = kc.pos[j];
+        std::copy_n(qh + p * D, D, kc.q.data() + j * D);
+        for (int64_t d = 0; d < D; ++d) kc.k[j * D + d] = qh[p * D + d] * norms[p];
+      }
+    } else {
+      const float* kh = k.head(b, h);
+      for (int64_t j = 0; j < kc.count; ++j)
+        std::copy_n(kh + kc.pos[j] * D, D, kc.k.data() + j * D);
+    }
+    for (int64_t j = 0; j < kc.count; ++j) std::copy_n(vh + kc.pos[j] * D, D, kc.v.data() + j * D);
+    if (dedup)
+      for (int64_t j = 0; j < kc.count; ++j)
+        for (int64_t rr = 0; rr < R; ++rr) kc.chunks[j * R + rr] = chunk_of(ko, bh, rr, kc.pos[j]);
+  };
+
+  // Asks for the rows chunk g will gather (its new key chunk, and the output rows its queries
+  // update) while this chunk computes: the positions are random, so the gathers are
+  // latency-bound otherwise.
+  auto prefetch_next = [&](int64_t bh, int64_t g) {
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
+    const int32_t* qperm = qo.perm.data() + bh * R * L.padded;
+    const int64_t gk = wrap(g + cfg_.after);
+    const int32_t* kp = kperm + (gk / L.chunks) * L.padded + (gk % L.chunks) * c;
+    const int32_t* qp = qperm + (g / L.chunks) * L.padded + (g % L.chunks) * c;
+    const float* kh = shared ? q.head(b, h) : k.head(b, h);
+    const float* vh = v.head(b, h);
+    const float* qh = q.head(b, h);
+    float* oh = out.head(b, h);
+    for (int64_t i = 0; i < c; ++i) {
+      const int64_t pk = kp[i], pq = qp[i];
+      for (int64_t d = 0; d < D; d += 16) {
+        if (pk >= 0) __builtin_prefetch(kh + pk * D + d), __builtin_prefetch(vh + pk * D + d);
+        if (pq >= 0) {
+          __builtin_prefetch(oh + pq * D + d, 1);
+          if (!shared) __builtin_prefetch(qh + pq * D + d);
+        }
+      }
+    }
+  };
+
+  // Points sc.window at the key chunks g−before … g+after, gathering the ones not cached.
+  auto load_window = [&](ChunkScratch& sc, int64_t bh, int64_t g) {
+    const int64_t clock = ++sc.clock;
+    std::vector<int64_t> missing;
+    for (int64_t w = 0; w < span; ++w) {
+      const int64_t tag = bh * total_chunks + wrap(g - cfg_.before + w);
+      sc.window[size_t(w)] = nullptr;
+      for (auto& kc : sc.cache)
+        if (kc.tag == tag) sc.window[size_t(w)] = &kc, kc.used = clock;
+      if (!sc.window[size_t(w)]) missing.push_back(w);
+    }
+    for (int64_t w : missing) {
+      const int64_t tag = bh * total_chunks + wrap(g - cfg_.before + w);
+      KeyChunk* hit = nullptr;  // an earlier miss of the same chunk (it repeats in the window)
+      for (auto& kc : sc.cache)
+        if (kc.tag == tag) hit = &kc;
+      if (!hit) {
+        hit = &sc.cache[0];
+        for (auto& kc : sc.cache)
+          if (kc.used < hit->used) hit = &kc;  // least recently used, never one in this window
+        gather_keys(bh, wrap(g - cfg_.before + w), *hit);
+        hit->tag = tag;
+      }
+      hit->used = clock;
+      sc.window[size_t(w)] = hit;
+    }
+  };
+
+  std::vector<double> parts(size_t(3 * omp_get_max_threads()), 0.0);
+#pragma omp parallel
+  {
+    OnlineSoftmax sm(D);
+    ChunkScratch sc(c, span, D, shared, R);
+    double* my = parts.data() + 3 * omp_get_thread_num();
+    for (int64_t bh0 = 0; bh0 < s.heads_total(); bh0 += group) {
+      const int64_t heads = std::min(group, s.heads_total() - bh0);
+      const int64_t tasks = heads * L.chunks;
+      for (int64_t round = 0; round < R; ++round) {
+        // Blocks of consecutive chunks per thread, so neighbours come from the cache.
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t t = 0; t < tasks; ++t) {
+          const double t0 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+          const int64_t bh = bh0 + t / L.chunks, b = bh / s.heads, h = bh % s.heads;
+          const int64_t g = round * L.chunks + t % L.chunks;
+          load_window(sc, bh, g);
+          if ((t + 1) % L.chunks != 0) prefetch_next(bh, g + 1);
+          const int64_t rows =
+              chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
+          const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
+          if (!shared) {
+            const float* qh = q.head(b, h);
+            for (int64_t i = 0; i < rows; ++i)
+              std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
+            qrows = sc.qw.data();
+          }
+          if (dedup)  // every chunk each query's windows cover, over all rounds
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t rr = 0; rr < R; ++rr)
+                for (int64_t w = 0; w < span; ++w)
+                  sc.qchunks[i * dedup_len + rr * span + w] =
+                      int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
+          const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+          my[0] += t1 - t0;
+
+          for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
+            const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
+            const int32_t* qp = sc.qpos.data() + r0;
+            const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
+            sm.begin(qrows + r0 * D, D, nr, scale);
+            // One kernel call per key chunk, whether or not it came from the cache, so the
+            // arithmetic never depends on the schedule.
+            for (const KeyChunk* kc : sc.window) {
+              const int32_t* kp = kc->pos.data();
+              const int32_t* kch = kc->chunks.data();
+              // Shared, non-causal: the own chunk hides only its diagonal, and another chunk
+              // of the same round holds no query's position (a position occurs once per
+              // round), so it needs no mask at all.
+              const int64_t kg = kc->tag % total_chunks;
+              const bool same_round = kg / L.chunks == g / L.chunks;
+              if (!causal && !dedup && (!shared || (same_round && kg != g))) {
+                sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
+              } else if (!causal && !dedup && kg == g) {
+                sm.attend_masked(
+                    kc->k.data(), kc->v.data(), D, kc->count,
+                    [&](int64_t r, int64_t j) { return r0 + r == j ? kSelfPenalty : 0.0f; });
+              } else if (!dedup) {
+                sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
+                                 [&](int64_t r, int64_t j) {
+                                   if (causal && kp[j] > qp[r]) return kHidden;
+                                   return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+                                 });
+              } else {
+                sm.attend_masked(
+                    kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
+                      if (causal && kp[j] > qp[r]) return kHidden;
+                      // Times key j is a candidate of query r over all rounds (>= 1).
+                      int meets = 0;
+                      for (int64_t e = 0; e < dedup_len; ++e) {
+                        const int32_t gc = qc[r * dedup_len + e];
+                        meets += kch[j * R + gc / L.chunks] == gc;
+                      }
+                      const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+                      return self - std::log(float(meets));
+                    });
+              }
+            }
+            sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
+          }
+          const double t2 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+          my[1] += t2 - t1;
+
+          // Streamed log-sum-exp combination: out stays the normalized mixture of the rounds
+          // so far; each position occurs once per round, so threads never share a row.
+          float* oh = out.head(b, h);
+          float* lr = lse_run.data() + bh * n;
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t p = sc.qpos[i];
+            const float* o = sc.ow.data() + i * D;
+            float* dst = oh + p * D;
+            const float a = lr[p], l = sc.lse[i];
+            if (round == 0 || (a == kHidden && l != kHidden)) {
+              std::copy_n(o, D, dst), lr[p] = l;
+            } else if (l != kHidden) {
+              const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
+              const float inv = 1.0f / (wa + wl);
+              for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
+              lr[p] = m + std::log(wa + wl);
+            }
+          }
+          if (prof.on) my[2] += clock_seconds(CLOCK_THREAD_CPUTIME_ID) - t2;
+        }
+      }
+    }
+  }
+  for (size_t th = 0; th < parts.size(); th += 3)
+    prof.gather += parts[th], prof.kernel += parts[th + 1], prof.combine += parts[th + 2];
+}
+
+bool Lsh::visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i, VisitedKeys& out) const {
+  if (q_order_.perm.empty() || s.nq != last_.nq || s.heads != last_.heads || s.batch != last_.batch)
+    return false;
+  const Layout& L = last_layout_;
+  const int64_t n = s.nq, R = cfg_.rounds, bh = b * s.heads + h;
+  const int64_t total_chunks = R * L.chunks;
+  const Order& ko = cfg_.shared_qk ? q_order_ : k_order_;
+  const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
+  std::vector<int32_t> pos(size_t(cfg_.chunk));
+  out.assign(size_t(R), {});
+  for (int64_t round = 0; round < R; ++round) {
+    const int64_t slot = q_order_.inv[size_t((bh * R + round) * n + i)];
+    const int64_t g = (round * L.padded + slot) / cfg_.chunk;
+    auto& keys = out[size_t(round)];
+    for (int64_t off = -cfg_.before; off <= cfg_.after; ++off) {
+      const int64_t gg = ((g + off) % total_chunks + total_chunks) % total_chunks;
+      const int64_t m = chunk_positions(L, n, kperm, gg, pos.data());
+      for (int64_t j = 0; j < m; ++j)
+        if (!last_.causal || pos[j] <= i) keys.push_back(pos[j]);
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  }
+  return true;
+}
+
+void Lsh::save_random(const std::string& dir, const Shape& s) const {
+  const Layout L = make_layout(cfg_, s.nq);
+  const Rotations rot = rot_.fits(s.heads, cfg_.rounds, s.dim, L.width)
+                            ? rot_
+                            : random_rotations(cfg_.seed, s.heads, cfg_.rounds, s.dim, L.width);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw RuntimeError("lsh: cannot create directory " + dir + ": " + ec.message());
+  write_npy(dir + "/rotations.npy", {rot.heads, rot.rounds, rot.dim, rot.width}, rot.data.data());
+}
+
+void Lsh::load_random(const std::string& dir, const Shape& s) {
+  const std::string path = dir + "/rotations.npy";
+  NpyArray a = read_npy(path);
+  const Layout L = make_layout(cfg_, s.nq);
+  const std::vector<int64_t> want = {s.heads, cfg_.rounds, s.dim, L.width};
+  if (a.shape != want)
+    throw RuntimeError(path + ": expected rotations of shape [heads, rounds, D, Σ buckets/2] = [" +
+                       std::to_string(want[0]) + "," + std::to_string(want[1]) + "," +
+                       std::to_string(want[2]) + "," + std::to_string(want[3]) + "]");
+  rot_ = Rotations{want[0], want[1], want[2], want[3], std::move(a.data)};
+  loaded_ = true;
+}
+
+}  // namespace
+
+VariantInfo lsh_variant() {
+  using K = ParamSpec::Kind;
+  return {
+      "lsh",
+      "Reformer LSH self-attention (arXiv:2001.04451): per round, angular LSH buckets "
+      "(argmax over [xR, -xR], R Gaussian), stable sort by (round, bucket, position), chunks of c "
+      "attending themselves and `before`/`after` neighbour chunks (cyclic over the concatenated "
+      "rounds), rounds combined by log-sum-exp weights. shared_qk=true: keys are q/‖q‖, the "
+      "given k is ignored, self-mask -1e5; dense counterpart = dense attention over k̂ with that "
+      "self-mask. shared_qk=false: q and k hashed and sorted separately, query chunk i attends "
+      "key chunks i-before..i+after. Needs Nq = Nk. n not a multiple of c: each round is padded "
+      "with masked slots. Rotations: DIR/rotations.npy, float32 [heads, rounds, D, Σ b_k/2] "
+      "(columns of factor k follow those of factor k-1), shared by the batch. Cost per head: "
+      "4·D·r·n·c·(1+before+after) attention + 2·r·n·D·Σb_k/2 hashing FLOPs (both counted), O(r·n) "
+      "counting sort; extra memory O(r·n) indices + per-thread chunk buffers.",
+      {{"buckets", K::Text, "auto",
+        "buckets per round: auto = 2·floor(n/2c) (lucidrains' n/c rule), hf = largest power of "
+        "two <= 2·floor(n/c) (Hugging Face's rule), an even integer, or explicit even factors "
+        "AxB"},
+       {"factorize",
+        K::Choice,
+        "auto",
+        "auto: split the bucket count of the auto/hf/integer forms into two even factors near "
+        "sqrt (hashing cost Σb_k/2 instead of b/2) when b > 2·max(floor(sqrt(4096/c)), c), Hugging "
+        "Face's rule at its default max_position_embeddings; no: never",
+        -1e300,
+        1e300,
+        {"auto", "no"}},
+       {"rounds", K::Int, "4", "hash rounds r (HF/trax default 1, lucidrains 8)", 1, 64},
+       {"chunk", K::Int, "64", "chunk length c (HF 64, trax 128)", 1, 1 << 20},
+       {"before", K::Int, "1", "neighbour chunks attended before (cyclic)", 0, 64},
+       {"after", K::Int, "0", "neighbour chunks attended after (cyclic)", 0, 64},
+       {"shared_qk", K::Bool, "true", "keys = unit-normalized queries, with the self-mask"},
+       {"dedup", K::Bool, "false",
+        "lower each logit by log(number of times the pair meets over all rounds)"},
+       {"seed", K::Int, "0", "seed of the random rotations", 0, 9e15}},
+      [](const Params& p) {
+        Config c;
+        c.buckets = p.get("buckets");
+        c.factorize = p.get("factorize");
+        c.rounds = p.get_int("rounds");
+        c.chunk = p.get_int("chunk");
+        c.before = p.get_int("before");
+        c.after = p.get_int("after");
+        c.shared_qk = p.get_bool("shared_qk");
+        c.dedup = p.get_bool("dedup");
+        c.seed = uint64_t(p.get_int("seed"));
+        return std::make_unique<Lsh>(std::move(c));
+      }};
+}
+
+}  // namespace attn
