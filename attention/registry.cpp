@@ -13,6 +13,8 @@ const std::vector<VariantInfo>& variants() {
       reference_variant(),
       full_materialized_variant(),
       full_variant(),
+      sliding_window_variant(),
+      longformer_variant(),
   };
   return all;
 }

@@ -53,5 +53,7 @@ Params parse_params(const VariantInfo& info, const std::string& body);
 VariantInfo reference_variant();
 VariantInfo full_materialized_variant();
 VariantInfo full_variant();
+VariantInfo sliding_window_variant();
+VariantInfo longformer_variant();
 
 }  // namespace attn
