@@ -14,6 +14,8 @@ const std::vector<VariantInfo>& variants() {
       full_materialized_variant(),
       full_variant(),
       lsh_variant(),
+      sliding_window_variant(),
+      longformer_variant(),
   };
   return all;
 }

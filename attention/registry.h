@@ -54,5 +54,7 @@ VariantInfo reference_variant();
 VariantInfo full_materialized_variant();
 VariantInfo full_variant();
 VariantInfo lsh_variant();
+VariantInfo sliding_window_variant();
+VariantInfo longformer_variant();
 
 }  // namespace attn

@@ -1,0 +1,137 @@
+// The band |i − j| ≤ r·k (dilation k, j ≡ i mod k; causal: j ≤ i) walked over the shared
+// online-softmax kernel. Shared by `sliding_window` and `longformer` (ALGORITHMS.md §3, §5).
+//
+// A dilated band is k independent undilated bands, one per residue class ρ = i mod k, over
+// the strided subsequence ρ, ρ + k, ρ + 2k, … (row stride k·D, no copy). Inside one
+// subsequence of length m, row t sees keys t' with |t − t'| ≤ r (causal: t − r ≤ t' ≤ t).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "attention/kernels/online_softmax.h"
+#include "attention/tensor.h"
+
+namespace attn::band {
+
+struct Window {
+  int64_t radius = 0;    // r ≥ 0, in steps of the dilation
+  int64_t dilation = 1;  // k ≥ 1
+  bool causal = false;
+};
+
+// Length of residue class ρ's subsequence of [0, n).
+inline int64_t class_length(int64_t n, int64_t k, int64_t rho) {
+  return rho < n ? (n - rho + k - 1) / k : 0;
+}
+
+// Residue classes that are non-empty: a dilation beyond n only leaves singletons.
+inline int64_t classes(int64_t n, int64_t k) {
+  return std::min(n, k);
+}
+
+// Keys [lo, hi] of subsequence row t (length m), in subsequence coordinates.
+inline int64_t row_lo(const Window& w, int64_t t) {
+  return std::max<int64_t>(0, t - w.radius);
+}
+inline int64_t row_hi(const Window& w, int64_t m, int64_t t) {
+  return w.causal ? t : std::min(m - 1, t + w.radius);
+}
+
+// Number of keys row i of [0, n) sees in its band.
+int64_t row_pairs(int64_t n, const Window& w, int64_t i);
+// Number of rows whose band contains key j (the band transposed: equal to row_pairs when not
+// causal; causal: the rows j, j + k, …, j + r·k inside [0, n)).
+int64_t column_pairs(int64_t n, const Window& w, int64_t j);
+// Visible (query, key) pairs of the whole band over [0, n), closed form (ALGORITHMS.md §7):
+// per subsequence of length m, m(2r+1) − r(r+1) (non-causal, r < m), (r+1)(2m − r)/2
+// (causal, r < m), else dense (m² or m(m+1)/2); the k classes have only two lengths.
+double pairs(int64_t n, const Window& w);
+// The keys of row i, ascending.
+void row_keys(int64_t n, const Window& w, int64_t i, std::vector<int64_t>& out);
+
+// One residue class of one head: rows of q, k, v, out with stride ld = k·D, length len.
+struct View {
+  const float *q, *k, *v;
+  float* out;
+  int64_t ld, len, rho;
+};
+
+// Runs f(task, softmax) for task in [0, total), in parallel with one OnlineSoftmax of width
+// dim per thread; each task runs on one thread in a fixed order, so results do not depend on
+// the thread count (the pattern of kernels::for_each_query_block).
+template <class F>
+void parallel_tasks(int64_t total, int64_t dim, F&& f) {
+#pragma omp parallel
+  {
+    kernels::OnlineSoftmax sm(dim);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < total; ++t) f(t, sm);
+  }
+}
+
+// Calls per_block(b, h, view, row0, rows, softmax) for every block of kQueryRows rows of every
+// residue class of every head.
+template <class PerBlock>
+void for_each_block(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                    int64_t dilation, PerBlock&& per_block) {
+  using kernels::kQueryRows;
+  const int64_t kc = classes(s.nq, dilation);
+  const int64_t longest = class_length(s.nq, dilation, 0);
+  const int64_t blocks = (longest + kQueryRows - 1) / kQueryRows;
+  const int64_t per_head = kc * blocks;
+  parallel_tasks(s.heads_total() * per_head, s.dim, [&](int64_t t, kernels::OnlineSoftmax& sm) {
+    const int64_t bh = t / per_head, rho = t % per_head / blocks, blk = t % blocks;
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    const int64_t off = rho * s.dim;
+    const View view{q.head(b, h) + off,
+                    k.head(b, h) + off,
+                    v.head(b, h) + off,
+                    out.head(b, h) + off,
+                    dilation * s.dim,
+                    class_length(s.nq, dilation, rho),
+                    rho};
+    const int64_t row0 = blk * kQueryRows;
+    if (row0 < view.len) per_block(b, h, view, row0, std::min(kQueryRows, view.len - row0), sm);
+  });
+}
+
+// A band without further hidden keys.
+struct NoHidden {
+  bool any(int64_t, int64_t) const { return false; }
+  bool operator()(int64_t) const { return false; }
+};
+
+// Feeds the band of block rows [row0, row0 + rows) of `view` to `sm` (begun by the caller).
+// Keys every row sees go through attend(); only the two edges, and spans holding keys that
+// `hidden` removes from the band (hidden(t'), hidden.any(lo, hi) over subsequence keys), take
+// the masked path.
+template <class Hidden>
+void attend_band(kernels::OnlineSoftmax& sm, const View& view, const Window& w, int64_t row0,
+                 int64_t rows, const Hidden& hidden) {
+  const int64_t last = row0 + rows - 1;
+  const int64_t lo = row_lo(w, row0), hi = row_hi(w, view.len, last);
+  // Keys visible to every row of the block.
+  const int64_t full_lo = std::max(lo, last - w.radius);
+  const int64_t full_hi = std::min(hi, w.causal ? row0 : row0 + w.radius);
+  auto masked = [&](int64_t a, int64_t b) {
+    if (a > b) return;
+    sm.attend_masked(view.k + a * view.ld, view.v + a * view.ld, view.ld, b - a + 1,
+                     [&](int64_t r, int64_t c) {
+                       const int64_t t = row0 + r, j = a + c;
+                       const bool in = j >= t - w.radius && j <= (w.causal ? t : t + w.radius);
+                       return in && !hidden(j) ? 0.0f : kernels::OnlineSoftmax::kHidden;
+                     });
+  };
+  if (full_lo > full_hi) return masked(lo, hi);
+  masked(lo, full_lo - 1);
+  if (hidden.any(full_lo, full_hi))
+    masked(full_lo, full_hi);
+  else
+    sm.attend(view.k + full_lo * view.ld, view.v + full_lo * view.ld, view.ld,
+              full_hi - full_lo + 1);
+  masked(full_hi + 1, hi);
+}
+
+}  // namespace attn::band
