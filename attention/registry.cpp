@@ -13,6 +13,7 @@ const std::vector<VariantInfo>& variants() {
       reference_variant(),
       full_materialized_variant(),
       full_variant(),
+      performer_variant(),
   };
   return all;
 }

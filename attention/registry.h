@@ -53,5 +53,6 @@ Params parse_params(const VariantInfo& info, const std::string& body);
 VariantInfo reference_variant();
 VariantInfo full_materialized_variant();
 VariantInfo full_variant();
+VariantInfo performer_variant();
 
 }  // namespace attn
