@@ -46,6 +46,7 @@ constexpr int64_t kQueryRows = 256;
 // ReLU kernel's additive epsilon (performer-pytorch generalized_kernel, kernel_epsilon).
 constexpr float kReluEps = 1e-3f;
 constexpr int64_t kMaxFeatures = 1 << 16;
+constexpr int64_t kMaxRun = 256;  // columns combined at once (stack buffer)
 
 // ---------------------------------------------------------------------------------------------
 // Random projection W [m, D] (ALGORITHMS.md §4.3), generated in double.
@@ -284,10 +285,9 @@ class Performer final : public Attention {
     const double M = width(s.dim), D = s.dim;
     const double blocks = double((s.nk + kBlockRows - 1) / kBlockRows);
     const double per_head = s.nk * M + blocks * (M * D + M + 1);
-    const double per_thread =
-        s.causal ? kChunkRows * (M + kChunkRows) + M * (D + 1) : kQueryRows * M;
+    const double per_thread = double(scratch_floats(s));
     const double T = omp_get_max_threads();
-    const double G = std::min<double>(s.heads_total(), T);
+    const double G = s.heads_total() >= T ? T : 1;
     return (G * per_head + T * per_thread + features(s.dim) * D) * sizeof(float);
   }
 
@@ -333,6 +333,15 @@ class Performer final : public Attention {
   void key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums) const;
   void query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t rows, float* scratch) const;
   void causal_block(const Shape& s, HeadWork& h, int64_t b, float* scratch) const;
+  void combine_blocks(const Shape& s, HeadWork& h, int64_t f) const;
+  float key_shift(const HeadWork& h, int64_t blocks) const;
+  void head_alone(const Shape& s, HeadWork& h, float* scratch) const;
+  void head_shared(const Shape& s, HeadWork& h, float* scratch, std::exception_ptr& error) const;
+  size_t scratch_floats(const Shape& s) const {
+    const int64_t M = width(s.dim);
+    return s.causal ? size_t(M * s.dim + M + kChunkRows * (M + kChunkRows))
+                    : size_t(kQueryRows * M);
+  }
 
   Config cfg_;
   // W [m, D] for head dim w_dim_: drawn from the seed on first use, or loaded.
@@ -474,8 +483,53 @@ void Performer::causal_block(const Shape& s, HeadWork& h, int64_t b, float* scra
   }
 }
 
+// Folds the block sums of feature row f (f = M: the φ(K)ᵀ1 row) in block order: non-causal
+// totals into block slot 0, causal exclusive prefixes in place of each slot.
+void Performer::combine_blocks(const Shape& s, HeadWork& h, int64_t f) const {
+  const int64_t d = s.dim, M = width(d), state = M * d + M;
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  const int64_t off = f < M ? f * d : M * d, len = f < M ? d : M;
+  float* base = h.sums.data();
+  float run[kMaxRun];
+  for (int64_t j0 = 0; j0 < len; j0 += kMaxRun) {
+    const int64_t n = std::min(kMaxRun, len - j0);
+    std::fill(run, run + n, 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      float* slot = base + b * state + off + j0;
+      const bool has_sum = !s.causal || b + 1 < blocks;  // the causal last block has none
+      for (int64_t j = 0; j < n; ++j) {
+        const float x = has_sum ? slot[j] : 0.0f;
+        if (s.causal) slot[j] = run[j];
+        run[j] += x;
+      }
+    }
+    if (!s.causal) std::copy(run, run + n, base + off + j0);
+  }
+}
+
+float Performer::key_shift(const HeadWork& h, int64_t blocks) const {
+  return cfg_.kernel == Kernel::Relu ? 0.0f : max_of(h.bmax.data(), blocks);
+}
+
+// The steps of one head, each a list of independent tasks. Either one thread runs them all
+// in order (head_alone) or the team shares each step (head_shared); the arithmetic of every
+// task is the same, so both give the same bits.
+void Performer::head_alone(const Shape& s, HeadWork& h, float* scratch) const {
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  for (int64_t b = 0; b < blocks; ++b) key_block_pass1(s, h, b);
+  h.shift = key_shift(h, blocks);
+  for (int64_t b = 0; b < blocks; ++b) key_block_pass2(s, h, b, !s.causal || b + 1 < blocks);
+  for (int64_t f = 0; f <= width(s.dim); ++f) combine_blocks(s, h, f);
+  if (s.causal) {
+    for (int64_t b = 0; b < blocks; ++b) causal_block(s, h, b, scratch);
+  } else {
+    for (int64_t r0 = 0; r0 < s.nq; r0 += kQueryRows)
+      query_rows(s, h, r0, std::min(kQueryRows, s.nq - r0), scratch);
+  }
+}
+
 // Runs body(i) for i in [0, n) over the team, dynamically scheduled; the first exception is
-// kept and rethrown by the caller after the parallel region.
+// kept for the caller to rethrow after the parallel region.
 template <class Body>
 void parallel_tasks(int64_t n, std::exception_ptr& error, Body&& body) {
 #pragma omp for schedule(dynamic, 1)
@@ -489,75 +543,63 @@ void parallel_tasks(int64_t n, std::exception_ptr& error, Body&& body) {
   }
 }
 
+// Called by every thread of the team.
+void Performer::head_shared(const Shape& s, HeadWork& h, float* scratch,
+                            std::exception_ptr& error) const {
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  const int64_t qtasks = (s.nq + kQueryRows - 1) / kQueryRows;
+  parallel_tasks(blocks, error, [&](int64_t b) { key_block_pass1(s, h, b); });
+#pragma omp single
+  h.shift = key_shift(h, blocks);
+  parallel_tasks(blocks, error,
+                 [&](int64_t b) { key_block_pass2(s, h, b, !s.causal || b + 1 < blocks); });
+  parallel_tasks(width(s.dim) + 1, error, [&](int64_t f) { combine_blocks(s, h, f); });
+  if (s.causal) {
+    parallel_tasks(blocks, error, [&](int64_t b) { causal_block(s, h, b, scratch); });
+  } else {
+    parallel_tasks(qtasks, error, [&](int64_t t) {
+      const int64_t r0 = t * kQueryRows;
+      query_rows(s, h, r0, std::min(kQueryRows, s.nq - r0), scratch);
+    });
+  }
+}
+
 void Performer::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                         Tensor& out) {
   const int64_t d = s.dim, M = width(d);
   ensure_projection(d);
   c_ = std::sqrt(s.softmax_scale());
-  const int64_t heads = s.heads_total();
+  const int64_t heads = s.heads_total(), threads = omp_get_max_threads();
   const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
-  const int64_t qtasks = (s.nq + kQueryRows - 1) / kQueryRows;
-  const int64_t state = M * d + M;
-  // Heads processed together: enough to occupy every thread, no more (memory is per head).
-  const int64_t group = std::min<int64_t>(heads, omp_get_max_threads());
-  std::vector<HeadWork> work(group);
+  // Enough heads at once to occupy every thread and no more: memory is per head. With at
+  // least as many heads as threads each thread takes whole heads (no barriers, which cost a
+  // scheduler slice each on a busy machine); otherwise the team shares one head at a time.
+  const bool alone = heads >= threads;
+  std::vector<HeadWork> work(alone ? threads : 1);
   for (auto& w : work) {
     w.kf = FloatBuffer(size_t(s.nk) * M);
-    w.sums = FloatBuffer(size_t(blocks) * state);
+    w.sums = FloatBuffer(size_t(blocks) * (M * d + M));
     w.bmax = FloatBuffer(size_t(blocks));
   }
-  const size_t scratch_floats =
-      s.causal ? size_t(state + kChunkRows * (M + kChunkRows)) : size_t(kQueryRows * M);
+  auto bind = [&](HeadWork& w, int64_t bh) {
+    const int64_t b = bh / s.heads, hh = bh % s.heads;
+    w.q = q.head(b, hh), w.k = k.head(b, hh), w.v = v.head(b, hh), w.out = out.head(b, hh);
+  };
   std::exception_ptr error;
-
 #pragma omp parallel
   {
-    FloatBuffer scratch(scratch_floats);
-    for (int64_t g0 = 0; g0 < heads; g0 += group) {
-      const int64_t ng = std::min(group, heads - g0);
-#pragma omp single
-      for (int64_t g = 0; g < ng; ++g) {
-        const int64_t bh = g0 + g, b = bh / s.heads, hh = bh % s.heads;
-        work[g].q = q.head(b, hh), work[g].k = k.head(b, hh), work[g].v = v.head(b, hh);
-        work[g].out = out.head(b, hh);
-      }
-      parallel_tasks(ng * blocks, error,
-                     [&](int64_t t) { key_block_pass1(s, work[t / blocks], t % blocks); });
-#pragma omp single
-      for (int64_t g = 0; g < ng; ++g)
-        work[g].shift = cfg_.kernel == Kernel::Relu ? 0.0f : max_of(work[g].bmax.data(), blocks);
-      // Causal: the last block's own sum is never needed (no block after it).
-      parallel_tasks(ng * blocks, error, [&](int64_t t) {
-        const int64_t b = t % blocks;
-        key_block_pass2(s, work[t / blocks], b, !s.causal || b + 1 < blocks);
+    FloatBuffer scratch(scratch_floats(s));
+    if (alone) {
+      HeadWork& w = work[omp_get_thread_num()];
+      parallel_tasks(heads, error, [&](int64_t bh) {
+        bind(w, bh);
+        head_alone(s, w, scratch.data());
       });
-      // Combine block sums in block order: non-causal totals into slot 0; causal exclusive
-      // prefixes in place. Parallel over (head, feature row), each summed sequentially.
-      parallel_tasks(ng * (M + 1), error, [&](int64_t t) {
-        float* base = work[t / (M + 1)].sums.data();
-        const int64_t f = t % (M + 1);
-        const int64_t off = f < M ? f * d : M * d, len = f < M ? d : M;
-        std::vector<float> run(len, 0.0f);
-        for (int64_t b = 0; b < blocks; ++b) {
-          float* slot = base + b * state + off;
-          const bool has_sum = !s.causal || b + 1 < blocks;
-          for (int64_t j = 0; j < len; ++j) {
-            const float x = has_sum ? slot[j] : 0.0f;
-            if (s.causal) slot[j] = run[j];
-            run[j] += x;
-          }
-        }
-        if (!s.causal) std::copy(run.begin(), run.end(), base + off);
-      });
-      if (s.causal) {
-        parallel_tasks(ng * blocks, error, [&](int64_t t) {
-          causal_block(s, work[t / blocks], t % blocks, scratch.data());
-        });
-      } else {
-        parallel_tasks(ng * qtasks, error, [&](int64_t t) {
-          const int64_t row0 = (t % qtasks) * kQueryRows;
-          query_rows(s, work[t / qtasks], row0, std::min(kQueryRows, s.nq - row0), scratch.data());
-        });
+    } else {
+      for (int64_t bh = 0; bh < heads; ++bh) {
+#pragma omp single
+        bind(work[0], bh);
+        head_shared(s, work[0], scratch.data(), error);
       }
     }
   }
