@@ -16,6 +16,7 @@ const std::vector<VariantInfo>& variants() {
       lsh_variant(),
       sliding_window_variant(),
       longformer_variant(),
+      performer_variant(),
   };
   return all;
 }

@@ -56,5 +56,6 @@ VariantInfo full_variant();
 VariantInfo lsh_variant();
 VariantInfo sliding_window_variant();
 VariantInfo longformer_variant();
+VariantInfo performer_variant();
 
 }  // namespace attn
