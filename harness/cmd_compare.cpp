@@ -215,15 +215,16 @@ int cmd_compare(const Args& args) {
       "attnbench compare BASELINE.json NEW.json  (a sweep directory stands for its "
       "results.json; exit 0: no regression, 1: regression, 2: usage error or malformed file)");
   opts.add_options()("help,h", "this help")(
-      "error-tolerance", po::value(&o.err_tol)->default_value(0.05),
+      "error-tolerance", po::value(&o.err_tol)->default_value(0.05, "0.05"),
       "relative rel_err increase allowed (new > base·(1+R) + epsilon is a regression)")(
-      "error-epsilon", po::value(&o.err_eps)->default_value(1e-6),
+      "error-epsilon", po::value(&o.err_eps)->default_value(1e-6, "1e-6"),
       "absolute rel_err slack (covers fp32 rounding differences between builds)")(
       "time-tolerance", po::value(&o.time_tol)->default_value(0.5),
       "relative slowdown allowed (in sgemm-ceiling units) before a significant one fails")(
-      "alpha", po::value(&o.alpha)->default_value(0.05),
+      "alpha", po::value(&o.alpha)->default_value(0.05, "0.05"),
       "significance level of the one-sided Mann-Whitney U test over repetitions")(
-      "no-time", po::bool_switch(&no_time), "compare accuracy and coverage of cases only");
+      "no-time", po::bool_switch(&no_time),
+      "skip the time check (accuracy, missing and skipped cases only)");
   po::options_description hidden;
   hidden.add_options()("baseline", po::value(&base_path), "")("new", po::value(&new_path), "");
   po::options_description all;

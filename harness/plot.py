@@ -28,7 +28,7 @@ try:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
 except ImportError:
     fail(f"matplotlib is not available for {sys.executable}; run harness/setup.sh "
          "(it installs Debian's python3-matplotlib)")
@@ -155,8 +155,8 @@ def human_ms(x, _pos=None):
     if x >= 1000:
         return f"{x / 1000:g} s"
     if x >= 1:
-        return f"{x:g} ms"
-    return f"{x * 1000:g} µs"
+        return f"{x:.3g} ms"
+    return f"{x * 1000:.3g} µs"
 
 
 def log_n_axis(ax, ns):
@@ -169,11 +169,23 @@ def log_n_axis(ax, ns):
     ax.grid(True, which="minor", axis="y", alpha=0.1)
 
 
+def minor_labels(formatter):
+    """Labels the minor ticks matplotlib would label (axes spanning about one decade or less),
+    in the same units as the major ones."""
+
+    class Human(LogFormatter):
+        def __call__(self, x, pos=None):
+            return formatter(x) if super().__call__(x, pos) else ""
+
+    return Human(labelOnlyBase=False)
+
+
 def log_y_axis(ax, formatter=None):
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))
     if formatter:
         ax.yaxis.set_major_formatter(FuncFormatter(formatter))
+        ax.yaxis.set_minor_formatter(minor_labels(formatter))
 
 
 def log_bytes_axis(ax):
