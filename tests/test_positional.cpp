@@ -313,6 +313,11 @@ TEST(Encoding, BadParametersAreUsageErrors) {
   EXPECT_THROW(e->add_to(wrong_dim), UsageError);
   EXPECT_THROW(e->add_to(out.data(), 1, 65), UsageError);
   EXPECT_THROW(make("sinusoidal", 8, 8)->save_weights(scratch("none").string()), UsageError);
+  // Used before init(), or after an init() that failed: a programming error, not a result.
+  EXPECT_THROW(make_encoding("learned")->encode(1, out.data()), std::logic_error);
+  EXPECT_THROW(make_encoding("axial")->save_weights(scratch("none").string()), std::logic_error);
+  EXPECT_THROW(e->init(100, 16, 0), UsageError);
+  EXPECT_THROW(e->encode(1, out.data()), std::logic_error);
 }
 
 TEST(Encoding, TablesTooLargeForMemoryAreRefusedBeforeAllocating) {

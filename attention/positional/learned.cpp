@@ -61,6 +61,7 @@ class Learned final : public Encoding {
   }
 
   void save_weights(const std::string& dir) const override {
+    check_ready();
     std::filesystem::create_directories(dir);
     write_npy(dir + "/table.npy", {positions_, dim_}, table_.data());
   }
@@ -68,6 +69,7 @@ class Learned final : public Encoding {
   // Any table with at least the n rows init() asked for and width D loads (a longer trained
   // table is used through its prefix), unless the spec fixed positions=.
   void load_weights(const std::string& dir) override {
+    check_ready();
     const std::string path = dir + "/table.npy";
     NpyArray a = read_npy(path);
     if (a.shape.size() != 2 || a.shape[1] != dim_ || a.shape[0] < needed_ ||
