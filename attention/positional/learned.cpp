@@ -42,7 +42,7 @@ class Learned final : public Encoding {
 #pragma omp parallel
     {
       const size_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      const size_t chunk = (count / T + 15) / 16 * 16;
+      const size_t chunk = ((count + T - 1) / T + 15) / 16 * 16;  // ≥ count / T, whole lines
       const size_t begin = std::min(count, t * chunk), end = std::min(count, begin + chunk);
       std::memcpy(out + begin, table_.data() + begin, (end - begin) * sizeof(float));
     }
