@@ -39,7 +39,7 @@ void parallel_memcpy(char* dst, const char* src, size_t bytes) {
 #pragma omp parallel
   {
     const size_t t = omp_get_thread_num(), T = omp_get_num_threads();
-    const size_t chunk = (bytes / T + 63) / 64 * 64;
+    const size_t chunk = ((bytes + T - 1) / T + 63) / 64 * 64;  // ≥ bytes / T, whole lines
     const size_t begin = std::min(bytes, t * chunk), end = std::min(bytes, begin + chunk);
     std::memcpy(dst + begin, src + begin, end - begin);
   }

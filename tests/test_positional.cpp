@@ -240,6 +240,21 @@ TEST(Encoding, SameSeedSameTablesForAnyThreadCount) {
   EXPECT_NE(encode(*make("learned", 10, 4, 1), 10), encode(*make("learned", 10, 4, 2), 10));
 }
 
+TEST(Learned, EncodingIsThePrefixOfItsTableForAnySplitAcrossThreads) {
+  for (auto [rows, n, dim] : {std::array<int64_t, 3>{33, 33, 1}, {100, 65, 1}, {50, 49, 3}}) {
+    auto e = make("learned:positions=" + std::to_string(rows), n, dim, 2);
+    fs::path dir = scratch("learned_prefix");
+    e->save_weights(dir.string());
+    const NpyArray t = read_npy((dir / "table.npy").string());
+    for (int threads : {1, 2, 3}) {
+      std::vector<float> out(n * dim, -1.0f);
+      with_threads(threads, [&] { return e->encode(n, out.data()), 0; });
+      EXPECT_TRUE(std::equal(out.begin(), out.end(), t.data.begin()))
+          << "n=" << n << " D=" << dim << " threads=" << threads;
+    }
+  }
+}
+
 TEST(Encoding, InitialTablesAreStandardNormal) {
   auto e = make("axial:shape=256x256,dims=128x128", 65536, 256, 3);
   fs::path dir = scratch("normal");
@@ -313,6 +328,11 @@ TEST(Encoding, BadParametersAreUsageErrors) {
   EXPECT_THROW(e->add_to(wrong_dim), UsageError);
   EXPECT_THROW(e->add_to(out.data(), 1, 65), UsageError);
   EXPECT_THROW(make("sinusoidal", 8, 8)->save_weights(scratch("none").string()), UsageError);
+  // Used before init(), or after an init() that failed: a programming error, not a result.
+  EXPECT_THROW(make_encoding("learned")->encode(1, out.data()), std::logic_error);
+  EXPECT_THROW(make_encoding("axial")->save_weights(scratch("none").string()), std::logic_error);
+  EXPECT_THROW(e->init(100, 16, 0), UsageError);
+  EXPECT_THROW(e->encode(1, out.data()), std::logic_error);
 }
 
 TEST(Encoding, TablesTooLargeForMemoryAreRefusedBeforeAllocating) {

@@ -84,6 +84,7 @@ class Axial final : public Encoding {
   std::string kind() const override { return "axial"; }
 
   void init(int64_t n, int64_t dim, uint64_t seed) override {
+    dim_ = 0;  // unusable until this init succeeds
     if (n <= 0 || dim <= 0)
       throw UsageError("axial: positions and width must be positive, got n=" + std::to_string(n) +
                        " D=" + std::to_string(dim));
@@ -162,12 +163,14 @@ class Axial final : public Encoding {
   }
 
   void save_weights(const std::string& dir) const override {
+    check_ready();
     std::filesystem::create_directories(dir);
     for (size_t i = 0; i < l_.size(); ++i)
       write_npy(file(dir, i), {l_[i], d_[i]}, tables_[i].data());
   }
 
   void load_weights(const std::string& dir) override {
+    check_ready();
     if (std::filesystem::exists(file(dir, l_.size())))
       throw RuntimeError(file(dir, l_.size()) + " exists but the spec has only " +
                          std::to_string(l_.size()) + " factors (shape=" + join_x(l_) + ")");

@@ -42,7 +42,7 @@ class Learned final : public Encoding {
 #pragma omp parallel
     {
       const size_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      const size_t chunk = (count / T + 15) / 16 * 16;
+      const size_t chunk = ((count + T - 1) / T + 15) / 16 * 16;  // ≥ count / T, whole lines
       const size_t begin = std::min(count, t * chunk), end = std::min(count, begin + chunk);
       std::memcpy(out + begin, table_.data() + begin, (end - begin) * sizeof(float));
     }
@@ -61,6 +61,7 @@ class Learned final : public Encoding {
   }
 
   void save_weights(const std::string& dir) const override {
+    check_ready();
     std::filesystem::create_directories(dir);
     write_npy(dir + "/table.npy", {positions_, dim_}, table_.data());
   }
@@ -68,6 +69,7 @@ class Learned final : public Encoding {
   // Any table with at least the n rows init() asked for and width D loads (a longer trained
   // table is used through its prefix), unless the spec fixed positions=.
   void load_weights(const std::string& dir) override {
+    check_ready();
     const std::string path = dir + "/table.npy";
     NpyArray a = read_npy(path);
     if (a.shape.size() != 2 || a.shape[1] != dim_ || a.shape[0] < needed_ ||

@@ -124,8 +124,12 @@ std::vector<float> read_table(const std::string& path, int64_t rows, int64_t col
   return std::move(a.data);
 }
 
+void Encoding::check_ready() const {
+  if (dim_ <= 0) throw std::logic_error(kind() + ": init() must succeed before use");
+}
+
 void Encoding::check_rows(int64_t n) const {
-  if (dim_ <= 0) throw std::logic_error(kind() + ": init() must run before use");
+  check_ready();
   if (n <= 0 || n > positions_)
     throw UsageError(kind() + ": cannot encode " + std::to_string(n) +
                      " positions; its tables cover " + std::to_string(positions_));

@@ -45,7 +45,9 @@ class Encoding {
   virtual void load_weights(const std::string& dir);
 
  protected:
-  // UsageError unless init() ran with this width and n ≤ positions().
+  // std::logic_error unless init() succeeded.
+  void check_ready() const;
+  // check_ready(), then UsageError unless 0 < n ≤ positions().
   void check_rows(int64_t n) const;
   int64_t positions_ = 0, dim_ = 0;
 };
