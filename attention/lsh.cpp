@@ -537,32 +537,6 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
         for (int64_t rr = 0; rr < R; ++rr) kc.chunks[j * R + rr] = chunk_of(ko, bh, rr, kc.pos[j]);
   };
 
-  // Asks for the rows chunk g will gather (its new key chunk, and the output rows its queries
-  // update) while this chunk computes: the positions are random, so the gathers are
-  // latency-bound otherwise.
-  auto prefetch_next = [&](int64_t bh, int64_t g) {
-    const int64_t b = bh / s.heads, h = bh % s.heads;
-    const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
-    const int32_t* qperm = qo.perm.data() + bh * R * L.padded;
-    const int64_t gk = wrap(g + cfg_.after);
-    const int32_t* kp = kperm + (gk / L.chunks) * L.padded + (gk % L.chunks) * c;
-    const int32_t* qp = qperm + (g / L.chunks) * L.padded + (g % L.chunks) * c;
-    const float* kh = shared ? q.head(b, h) : k.head(b, h);
-    const float* vh = v.head(b, h);
-    const float* qh = q.head(b, h);
-    float* oh = out.head(b, h);
-    for (int64_t i = 0; i < c; ++i) {
-      const int64_t pk = kp[i], pq = qp[i];
-      for (int64_t d = 0; d < D; d += 16) {
-        if (pk >= 0) __builtin_prefetch(kh + pk * D + d), __builtin_prefetch(vh + pk * D + d);
-        if (pq >= 0) {
-          __builtin_prefetch(oh + pq * D + d, 1);
-          if (!shared) __builtin_prefetch(qh + pq * D + d);
-        }
-      }
-    }
-  };
-
   // Points sc.window at the key chunks g−before … g+after, gathering the ones not cached.
   auto load_window = [&](ChunkScratch& sc, int64_t bh, int64_t g) {
     const int64_t clock = ++sc.clock;
@@ -608,7 +582,6 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
           const int64_t bh = bh0 + t / L.chunks, b = bh / s.heads, h = bh % s.heads;
           const int64_t g = round * L.chunks + t % L.chunks;
           load_window(sc, bh, g);
-          if ((t + 1) % L.chunks != 0) prefetch_next(bh, g + 1);
           const int64_t rows =
               chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
           const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
