@@ -100,9 +100,11 @@ std::vector<int64_t> split_two(int64_t nb) {
 Layout make_layout(const Config& cfg, int64_t n) {
   Layout L;
   L.factors = explicit_factors(cfg.buckets);
-  if (L.factors.empty()) {
+  if (L.factors.size() <= 1) {  // a bucket count (given or by rule), not explicit factors
     int64_t nb;
-    if (cfg.buckets == "auto") {
+    if (!L.factors.empty()) {
+      nb = L.factors[0];
+    } else if (cfg.buckets == "auto") {
       nb = 2 * std::max<int64_t>(1, n / (2 * cfg.chunk));  // lucidrains: n / bucket_size
     } else {
       // HF: largest power of two <= 2·floor(n/c) (at least 2).
@@ -275,7 +277,8 @@ class Lsh final : public Attention {
     double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
     bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations
     const double c = double(cfg_.chunk), span = 1.0 + cfg_.before + cfg_.after;
-    double per_thread = 4.0 * (L.buckets + 1024.0 * L.width);  // counting sort, projections
+    bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations joined for one GEMM per head
+    double per_thread = 4.0 * (L.buckets + 512.0 * r * L.width);  // counting sort, projections
     // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
     // block, outputs, lse, positions and the dedup table.
     per_thread += 4.0 * (span + 1) * c * ((cfg_.shared_qk ? 3 : 2) * s.dim + 1 + r);
@@ -350,20 +353,29 @@ void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, c
   order.inv.resize(size_t(tasks * n));
 
   Stamp t0 = stamp();
-  constexpr int64_t kRows = 1024;  // rows projected per GEMM
+  // All rounds of a head in one GEMM: x · [R_0 | R_1 | …] of width rounds·W, so each row is
+  // read once and the product is wide enough for oneDNN to run near its peak.
+  const int64_t RW = R * W;
+  std::vector<float> joined(size_t(s.heads * D * RW));
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t d = 0; d < D; ++d)
+        std::copy_n(rot.at(h, r) + d * W, W, joined.data() + (h * D + d) * RW + r * W);
+  constexpr int64_t kRows = 512;  // rows projected per GEMM
+  const int64_t blocks = (n + kRows - 1) / kRows;
 #pragma omp parallel
   {
-    std::vector<float> proj(size_t(kRows * W));
+    std::vector<float> proj(size_t(kRows * RW));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t bh = t / R, round = t % R;
+    for (int64_t t = 0; t < s.heads_total() * blocks; ++t) {
+      const int64_t bh = t / blocks, r0 = (t % blocks) * kRows, rows = std::min(kRows, n - r0);
       const float* xh = x.head(bh / s.heads, bh % s.heads);
-      const float* rt = rot.at(bh % s.heads, round);
-      int32_t* bk = buckets.data() + t * n;
-      for (int64_t r0 = 0; r0 < n; r0 += kRows) {
-        const int64_t rows = std::min(kRows, n - r0);
-        kernels::sgemm(false, false, rows, W, D, 1.0f, xh + r0 * D, D, rt, W, 0.0f, proj.data(), W);
-        for (int64_t i = 0; i < rows; ++i) bk[r0 + i] = bucket_of(proj.data() + i * W, L.factors);
+      kernels::sgemm(false, false, rows, RW, D, 1.0f, xh + r0 * D, D,
+                     joined.data() + (bh % s.heads) * D * RW, RW, 0.0f, proj.data(), RW);
+      for (int64_t r = 0; r < R; ++r) {
+        int32_t* bk = buckets.data() + (bh * R + r) * n + r0;
+        for (int64_t i = 0; i < rows; ++i)
+          bk[i] = bucket_of(proj.data() + i * RW + r * W, L.factors);
       }
     }
   }
@@ -525,32 +537,6 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
         for (int64_t rr = 0; rr < R; ++rr) kc.chunks[j * R + rr] = chunk_of(ko, bh, rr, kc.pos[j]);
   };
 
-  // Asks for the rows chunk g will gather (its new key chunk, and the output rows its queries
-  // update) while this chunk computes: the positions are random, so the gathers are
-  // latency-bound otherwise.
-  auto prefetch_next = [&](int64_t bh, int64_t g) {
-    const int64_t b = bh / s.heads, h = bh % s.heads;
-    const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
-    const int32_t* qperm = qo.perm.data() + bh * R * L.padded;
-    const int64_t gk = wrap(g + cfg_.after);
-    const int32_t* kp = kperm + (gk / L.chunks) * L.padded + (gk % L.chunks) * c;
-    const int32_t* qp = qperm + (g / L.chunks) * L.padded + (g % L.chunks) * c;
-    const float* kh = shared ? q.head(b, h) : k.head(b, h);
-    const float* vh = v.head(b, h);
-    const float* qh = q.head(b, h);
-    float* oh = out.head(b, h);
-    for (int64_t i = 0; i < c; ++i) {
-      const int64_t pk = kp[i], pq = qp[i];
-      for (int64_t d = 0; d < D; d += 16) {
-        if (pk >= 0) __builtin_prefetch(kh + pk * D + d), __builtin_prefetch(vh + pk * D + d);
-        if (pq >= 0) {
-          __builtin_prefetch(oh + pq * D + d, 1);
-          if (!shared) __builtin_prefetch(qh + pq * D + d);
-        }
-      }
-    }
-  };
-
   // Points sc.window at the key chunks g−before … g+after, gathering the ones not cached.
   auto load_window = [&](ChunkScratch& sc, int64_t bh, int64_t g) {
     const int64_t clock = ++sc.clock;
@@ -596,7 +582,6 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
           const int64_t bh = bh0 + t / L.chunks, b = bh / s.heads, h = bh % s.heads;
           const int64_t g = round * L.chunks + t % L.chunks;
           load_window(sc, bh, g);
-          if ((t + 1) % L.chunks != 0) prefetch_next(bh, g + 1);
           const int64_t rows =
               chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
           const float* qrows = sc.window[size_t(cfg_.before)]->q.data();

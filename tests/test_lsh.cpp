@@ -309,38 +309,44 @@ TEST(Lsh, ClusteredErrorDecreasesWithRounds) {
 
 // With dedup the rounds together are one softmax over the union of the keys visited.
 TEST(Lsh, DedupEqualsDenseAttentionOverTheVisitedUnion) {
-  for (bool causal : {false, true}) {
-    Shape s{1, 2, 150, 150, 16, causal};
-    auto in = random_inputs(s, 21);
-    auto a = make_attention("lsh:buckets=8,chunk=16,rounds=3,dedup=true");
-    a->validate(s);
-    Tensor out(s.batch, s.heads, s.nq, s.dim);
-    a->forward(s, in.q, in.k, in.v, out);
-    std::vector<std::vector<std::vector<bool>>> seen(
-        size_t(s.heads),
-        std::vector<std::vector<bool>>(size_t(s.nq), std::vector<bool>(size_t(s.nq))));
-    std::vector<std::vector<int>> others(size_t(s.heads), std::vector<int>(size_t(s.nq)));
-    for (int64_t h = 0; h < s.heads; ++h)
-      for (int64_t i = 0; i < s.nq; ++i) {
-        VisitedKeys keys;
-        ASSERT_TRUE(a->visited_keys(s, 0, h, i, keys));
-        ASSERT_EQ(keys.size(), 3u);
-        for (const auto& round : keys) {
-          EXPECT_TRUE(std::is_sorted(round.begin(), round.end()));
-          EXPECT_TRUE(std::find(round.begin(), round.end(), i) != round.end());  // own chunk
-          for (int64_t j : round) {
-            EXPECT_TRUE(!causal || j <= i);
-            if (!seen[h][i][j] && j != i) ++others[h][i];
-            seen[h][i][j] = true;
+  for (bool shared : {true, false})
+    for (bool causal : {false, true}) {
+      Shape s{1, 2, 150, 150, 16, causal};
+      auto in = random_inputs(s, 21);
+      auto a = make_attention(std::string("lsh:buckets=8,chunk=16,rounds=3,dedup=true,shared_qk=") +
+                              (shared ? "true" : "false"));
+      a->validate(s);
+      Tensor out(s.batch, s.heads, s.nq, s.dim);
+      a->forward(s, in.q, in.k, in.v, out);
+      std::vector<std::vector<std::vector<bool>>> seen(
+          size_t(s.heads),
+          std::vector<std::vector<bool>>(size_t(s.nq), std::vector<bool>(size_t(s.nq))));
+      std::vector<std::vector<int>> others(size_t(s.heads), std::vector<int>(size_t(s.nq)));
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t i = 0; i < s.nq; ++i) {
+          VisitedKeys keys;
+          ASSERT_TRUE(a->visited_keys(s, 0, h, i, keys));
+          ASSERT_EQ(keys.size(), 3u);
+          for (const auto& round : keys) {
+            EXPECT_TRUE(std::is_sorted(round.begin(), round.end()));
+            EXPECT_TRUE(std::adjacent_find(round.begin(), round.end()) == round.end());
+            if (shared) {  // a query's own chunk holds its own position as a key
+              EXPECT_TRUE(std::find(round.begin(), round.end(), i) != round.end());
+            }
+            for (int64_t j : round) {
+              EXPECT_TRUE(!causal || j <= i);
+              if (!seen[h][i][j] && j != i) ++others[h][i];
+              seen[h][i][j] = true;
+            }
           }
         }
-      }
-    ElementMask mask = [&](int64_t, int64_t h, int64_t i, int64_t j) {
-      return seen[h][i][j] && (j != i || others[h][i] == 0);
-    };
-    EXPECT_LT(relative_error(out, reference_attention(s, in.q, unit_rows(in.q), in.v, &mask)),
-              1e-5);
-  }
+      ElementMask mask = [&](int64_t, int64_t h, int64_t i, int64_t j) {
+        return seen[h][i][j] && (!shared || j != i || others[h][i] == 0);
+      };
+      const Tensor keys = shared ? unit_rows(in.q) : Tensor(1, 1, 1, 1);
+      const auto ref = reference_attention(s, in.q, shared ? keys : in.k, in.v, &mask);
+      EXPECT_LT(relative_error(out, ref), 1e-5) << "shared=" << shared << " causal=" << causal;
+    }
 }
 
 TEST(Lsh, CausalRowZeroIsItsOwnValue) {
@@ -422,6 +428,10 @@ TEST(Lsh, BucketRulesAndCostFormulas) {
   auto flat = make_attention("lsh:chunk=64,rounds=4,factorize=no");
   EXPECT_DOUBLE_EQ(flat->flops(s),
                    8 * (4.0 * 64 * 4 * 65536 * 64 * 2 + 2.0 * 4 * 65536 * 64 * 512));
+  // An integer bucket count is factorized by the same rule; hf: 2048 = 32x64 -> 16 + 32 columns.
+  EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=4,buckets=1024")->flops(s), 8 * per_head);
+  EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=4,buckets=hf")->flops(s),
+                   8 * (4.0 * 64 * 4 * 65536 * 64 * 2 + 2.0 * 4 * 65536 * 64 * 48));
   EXPECT_GT(lucid->extra_bytes(s), 4.0 * 8 * 4 * 65536 * 2);  // at least perm + inv per round
   EXPECT_LT(lucid->extra_bytes(s), 4.0 * 8 * 65536 * 64);     // far below one copy of q
 }
