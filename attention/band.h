@@ -21,6 +21,13 @@ struct Window {
   bool causal = false;
 };
 
+// The window for sequences of length n: a radius or dilation of n or more gives the same
+// pattern as n (dense band; singleton residue classes), so clipping keeps index arithmetic
+// far from overflow for any parameter value.
+inline Window clipped_window(int64_t radius, int64_t dilation, bool causal, int64_t n) {
+  return {std::min(radius, n), std::min(dilation, std::max<int64_t>(n, 1)), causal};
+}
+
 // Length of residue class ρ's subsequence of [0, n).
 inline int64_t class_length(int64_t n, int64_t k, int64_t rho) {
   return rho < n ? (n - rho + k - 1) / k : 0;

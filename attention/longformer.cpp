@@ -102,7 +102,7 @@ class Longformer final : public Attention {
                Tensor& out) override {
     Globals gl(s, globals(s.nq));
     gather_keys(s, k, v, gl);
-    const band::BlockGrid grid(s, dilation_);
+    const band::BlockGrid grid(s, window(s).dilation);
     const int64_t global_tasks = s.heads_total() * gl.chunks;
     band::parallel_tasks(global_tasks + grid.count(), s.dim, [&](int64_t t, OnlineSoftmax& sm) {
       if (t < global_tasks) return attend_global_rows(s, q, k, v, gl, t, sm);
@@ -157,7 +157,9 @@ class Longformer final : public Attention {
   }
 
  private:
-  band::Window window(const Shape& s) const { return {radius_, dilation_, s.causal}; }
+  band::Window window(const Shape& s) const {
+    return band::clipped_window(radius_, dilation_, s.causal, s.nq);
+  }
 
   std::vector<int64_t> globals(int64_t n) const {
     if (!idx_.empty()) return idx_;
@@ -219,12 +221,13 @@ class Longformer final : public Attention {
                           OnlineSoftmax& sm) const {
     const int64_t g = gl.g, D = s.dim;
     sm.begin(view.q + row0 * view.ld, view.ld, rows, s.softmax_scale());
-    band::attend_band(sm, view, window(s), row0, rows,
-                      GlobalsInBand{gl.is_global, gl.G, view.rho, dilation_});
+    const band::Window w = window(s);
+    band::attend_band(sm, view, w, row0, rows,
+                      GlobalsInBand{gl.is_global, gl.G, view.rho, w.dilation});
     const float* kg = gl.kv.data() + (b * s.heads + h) * 2 * g * D;
     const float* vg = kg + g * D;
-    const int64_t first = view.rho + row0 * dilation_;
-    const int64_t last = view.rho + (row0 + rows - 1) * dilation_;
+    const int64_t first = view.rho + row0 * w.dilation;
+    const int64_t last = view.rho + (row0 + rows - 1) * w.dilation;
     // Causal: globals after the last row are hidden from the whole block.
     const auto& G = gl.G;
     const int64_t span = s.causal ? std::upper_bound(G.begin(), G.end(), last) - G.begin() : g;
@@ -232,7 +235,7 @@ class Longformer final : public Attention {
       sm.attend(kg, vg, D, span);
     } else {
       sm.attend_masked(kg, vg, D, span, [&](int64_t r, int64_t c) {
-        return G[c] > first + r * dilation_ ? OnlineSoftmax::kHidden : 0.0f;
+        return G[c] > first + r * w.dilation ? OnlineSoftmax::kHidden : 0.0f;
       });
     }
     sm.finish(view.out + row0 * view.ld, view.ld);
