@@ -21,6 +21,13 @@ struct Window {
   bool causal = false;
 };
 
+// The window for sequences of length n: a radius or dilation of n or more gives the same
+// pattern as n (dense band; singleton residue classes), so clipping keeps index arithmetic
+// far from overflow for any parameter value.
+inline Window clipped_window(int64_t radius, int64_t dilation, bool causal, int64_t n) {
+  return {std::min(radius, n), std::min(dilation, std::max<int64_t>(n, 1)), causal};
+}
+
 // Length of residue class ρ's subsequence of [0, n).
 inline int64_t class_length(int64_t n, int64_t k, int64_t rho) {
   return rho < n ? (n - rho + k - 1) / k : 0;
@@ -71,29 +78,49 @@ void parallel_tasks(int64_t total, int64_t dim, F&& f) {
   }
 }
 
-// Calls per_block(b, h, view, row0, rows, softmax) for every block of kQueryRows rows of every
-// residue class of every head.
-template <class PerBlock>
-void for_each_block(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
-                    int64_t dilation, PerBlock&& per_block) {
-  using kernels::kQueryRows;
-  const int64_t kc = classes(s.nq, dilation);
-  const int64_t longest = class_length(s.nq, dilation, 0);
-  const int64_t blocks = (longest + kQueryRows - 1) / kQueryRows;
-  const int64_t per_head = kc * blocks;
-  parallel_tasks(s.heads_total() * per_head, s.dim, [&](int64_t t, kernels::OnlineSoftmax& sm) {
-    const int64_t bh = t / per_head, rho = t % per_head / blocks, blk = t % blocks;
-    const int64_t b = bh / s.heads, h = bh % s.heads;
-    const int64_t off = rho * s.dim;
+// The query blocks of one forward: kQueryRows rows of one residue class of one head each,
+// numbered so that callers can mix them with other tasks in one parallel loop.
+class BlockGrid {
+ public:
+  BlockGrid(const Shape& s, int64_t dilation)
+      : s_(s),
+        k_(dilation),
+        blocks_((class_length(s.nq, dilation, 0) + kernels::kQueryRows - 1) / kernels::kQueryRows),
+        per_head_(classes(s.nq, dilation) * blocks_) {}
+
+  int64_t count() const { return s_.heads_total() * per_head_; }
+
+  // per_block(b, h, view, row0, rows, softmax) for block `task` (nothing if it is empty: the
+  // shorter residue classes have one block fewer).
+  template <class PerBlock>
+  void run(int64_t task, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+           kernels::OnlineSoftmax& sm, PerBlock&& per_block) const {
+    const int64_t bh = task / per_head_, rho = task % per_head_ / blocks_, blk = task % blocks_;
+    const int64_t b = bh / s_.heads, h = bh % s_.heads, off = rho * s_.dim;
     const View view{q.head(b, h) + off,
                     k.head(b, h) + off,
                     v.head(b, h) + off,
                     out.head(b, h) + off,
-                    dilation * s.dim,
-                    class_length(s.nq, dilation, rho),
+                    k_ * s_.dim,
+                    class_length(s_.nq, k_, rho),
                     rho};
-    const int64_t row0 = blk * kQueryRows;
-    if (row0 < view.len) per_block(b, h, view, row0, std::min(kQueryRows, view.len - row0), sm);
+    const int64_t row0 = blk * kernels::kQueryRows;
+    if (row0 < view.len)
+      per_block(b, h, view, row0, std::min(kernels::kQueryRows, view.len - row0), sm);
+  }
+
+ private:
+  Shape s_;
+  int64_t k_, blocks_, per_head_;
+};
+
+// Calls per_block(b, h, view, row0, rows, softmax) for every block of the grid, in parallel.
+template <class PerBlock>
+void for_each_block(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                    int64_t dilation, PerBlock&& per_block) {
+  const BlockGrid grid(s, dilation);
+  parallel_tasks(grid.count(), s.dim, [&](int64_t t, kernels::OnlineSoftmax& sm) {
+    grid.run(t, q, k, v, out, sm, per_block);
   });
 }
 

@@ -95,14 +95,24 @@ class Longformer final : public Attention {
                        " (valid: 0.." + std::to_string(s.nq - 1) + ")");
   }
 
+  // One parallel loop over the global-row chunks (first: the heaviest tasks, so dynamic
+  // scheduling balances them against the band blocks) and the band blocks. Band blocks write
+  // every row of `out`; global rows go to their own buffer and replace those rows afterwards.
   void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                Tensor& out) override {
-    const std::vector<int64_t> G = globals(s.nq);
-    std::vector<uint8_t> is_global(s.nq, 0);
-    for (int64_t j : G) is_global[j] = 1;
-    FloatBuffer kv_global = gather_keys(s, k, v, G);
-    attend_local_rows(s, q, k, v, out, G, is_global, kv_global);
-    attend_global_rows(s, q, k, v, out, G);
+    Globals gl(s, globals(s.nq));
+    gather_keys(s, k, v, gl);
+    const band::BlockGrid grid(s, window(s).dilation);
+    const int64_t global_tasks = s.heads_total() * gl.chunks;
+    band::parallel_tasks(global_tasks + grid.count(), s.dim, [&](int64_t t, OnlineSoftmax& sm) {
+      if (t < global_tasks) return attend_global_rows(s, q, k, v, gl, t, sm);
+      grid.run(t - global_tasks, q, k, v, out, sm,
+               [&](int64_t b, int64_t h, const band::View& view, int64_t row0, int64_t rows,
+                   OnlineSoftmax& block_sm) {
+                 attend_local_block(s, gl, b, h, view, row0, rows, block_sm);
+               });
+    });
+    scatter_global_rows(s, gl, out);
   }
 
   // 4·D per visible pair. Pairs: the band's closed form, minus the global rows' bands, plus
@@ -122,12 +132,12 @@ class Longformer final : public Attention {
     return 4.0 * s.dim * (p + globals_seen + global_pairs_in_band(G, w)) * s.heads_total();
   }
 
-  // Per thread: kernel scratch and a gathered block of global query rows and their outputs;
-  // shared: the gathered global keys and values of every head, the global flags.
+  // Per thread: kernel scratch and a gathered block of global query rows; shared: the
+  // gathered global keys and values and the global rows' outputs of every head, the flags.
   double extra_bytes(const Shape& s) const override {
     const double g = double(globals(s.nq).size());
-    const double per_thread = kQueryRows * (4.0 * s.dim + kernels::kKeyTile + 3) * sizeof(float);
-    return per_thread * omp_get_max_threads() + 2.0 * s.heads_total() * g * s.dim * sizeof(float) +
+    const double per_thread = kQueryRows * (3.0 * s.dim + kernels::kKeyTile + 3) * sizeof(float);
+    return per_thread * omp_get_max_threads() + 3.0 * s.heads_total() * g * s.dim * sizeof(float) +
            s.nq + g * sizeof(int64_t);
   }
 
@@ -147,7 +157,9 @@ class Longformer final : public Attention {
   }
 
  private:
-  band::Window window(const Shape& s) const { return {radius_, dilation_, s.causal}; }
+  band::Window window(const Shape& s) const {
+    return band::clipped_window(radius_, dilation_, s.causal, s.nq);
+  }
 
   std::vector<int64_t> globals(int64_t n) const {
     if (!idx_.empty()) return idx_;
@@ -172,87 +184,95 @@ class Longformer final : public Attention {
     return count;
   }
 
-  // [B·H][2][g][D]: the keys and values of the global positions, contiguous per head.
-  static FloatBuffer gather_keys(const Shape& s, const Tensor& k, const Tensor& v,
-                                 const std::vector<int64_t>& G) {
-    const int64_t g = int64_t(G.size()), D = s.dim;
-    FloatBuffer kv(size_t(2 * s.heads_total() * g * D));
+  // The global positions of one forward and the buffers that go with them.
+  struct Globals {
+    Globals(const Shape& s, std::vector<int64_t> positions)
+        : G(std::move(positions)),
+          g(int64_t(G.size())),
+          chunks((g + kQueryRows - 1) / kQueryRows),
+          is_global(s.nq, 0),
+          kv(size_t(2 * s.heads_total() * g * s.dim)),
+          out(size_t(s.heads_total() * g * s.dim)),
+          qbuf(size_t(omp_get_max_threads() * kQueryRows * s.dim)) {
+      for (int64_t j : G) is_global[j] = 1;
+    }
+    std::vector<int64_t> G;  // ascending
+    int64_t g, chunks;       // chunks of up to kQueryRows global rows per head
+    std::vector<uint8_t> is_global;
+    FloatBuffer kv;    // [B·H][2][g][D]: keys, then values, of the global positions
+    FloatBuffer out;   // [B·H][g][D]: the global rows' outputs
+    FloatBuffer qbuf;  // [thread][kQueryRows][D]: a gathered chunk of global queries
+  };
+
+  static void gather_keys(const Shape& s, const Tensor& k, const Tensor& v, Globals& gl) {
+    const int64_t D = s.dim;
     for (int64_t bh = 0; bh < s.heads_total(); ++bh)
-      for (int64_t a = 0; a < g; ++a) {
-        const float* kr = k.head(bh / s.heads, bh % s.heads) + G[a] * D;
-        const float* vr = v.head(bh / s.heads, bh % s.heads) + G[a] * D;
-        std::copy(kr, kr + D, kv.data() + (bh * 2 * g + a) * D);
-        std::copy(vr, vr + D, kv.data() + ((bh * 2 + 1) * g + a) * D);
+      for (int64_t a = 0; a < gl.g; ++a) {
+        const float* kr = k.head(bh / s.heads, bh % s.heads) + gl.G[a] * D;
+        const float* vr = v.head(bh / s.heads, bh % s.heads) + gl.G[a] * D;
+        std::copy(kr, kr + D, gl.kv.data() + (bh * 2 * gl.g + a) * D);
+        std::copy(vr, vr + D, gl.kv.data() + ((bh * 2 + 1) * gl.g + a) * D);
       }
-    return kv;
   }
 
-  // Every row's band (global keys hidden) and the global keys; global rows are overwritten
-  // afterwards by attend_global_rows.
-  void attend_local_rows(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                         Tensor& out, const std::vector<int64_t>& G,
-                         const std::vector<uint8_t>& is_global, const FloatBuffer& kv) const {
+  // A block of rows: its band with the global keys hidden, then the global keys once.
+  void attend_local_block(const Shape& s, const Globals& gl, int64_t b, int64_t h,
+                          const band::View& view, int64_t row0, int64_t rows,
+                          OnlineSoftmax& sm) const {
+    const int64_t g = gl.g, D = s.dim;
+    sm.begin(view.q + row0 * view.ld, view.ld, rows, s.softmax_scale());
     const band::Window w = window(s);
-    const float scale = s.softmax_scale();
-    const int64_t g = int64_t(G.size()), D = s.dim;
-    band::for_each_block(s, q, k, v, out, dilation_,
-                         [&](int64_t b, int64_t h, const band::View& view, int64_t row0,
-                             int64_t rows, OnlineSoftmax& sm) {
-                           sm.begin(view.q + row0 * view.ld, view.ld, rows, scale);
-                           band::attend_band(sm, view, w, row0, rows,
-                                             GlobalsInBand{is_global, G, view.rho, dilation_});
-                           const float* kg = kv.data() + (b * s.heads + h) * 2 * g * D;
-                           const float* vg = kg + g * D;
-                           const int64_t first = view.rho + row0 * dilation_;
-                           const int64_t last = view.rho + (row0 + rows - 1) * dilation_;
-                           // Causal: globals after the last row are hidden from the whole block.
-                           const int64_t span =
-                               s.causal ? std::upper_bound(G.begin(), G.end(), last) - G.begin()
-                                        : g;
-                           if (!s.causal || span == 0 || G[span - 1] <= first) {
-                             sm.attend(kg, vg, D, span);
-                           } else {
-                             sm.attend_masked(kg, vg, D, span, [&](int64_t r, int64_t c) {
-                               return G[c] > first + r * dilation_ ? OnlineSoftmax::kHidden : 0.0f;
-                             });
-                           }
-                           sm.finish(view.out + row0 * view.ld, view.ld);
-                         });
+    band::attend_band(sm, view, w, row0, rows,
+                      GlobalsInBand{gl.is_global, gl.G, view.rho, w.dilation});
+    const float* kg = gl.kv.data() + (b * s.heads + h) * 2 * g * D;
+    const float* vg = kg + g * D;
+    const int64_t first = view.rho + row0 * w.dilation;
+    const int64_t last = view.rho + (row0 + rows - 1) * w.dilation;
+    // Causal: globals after the last row are hidden from the whole block.
+    const auto& G = gl.G;
+    const int64_t span = s.causal ? std::upper_bound(G.begin(), G.end(), last) - G.begin() : g;
+    if (!s.causal || span == 0 || G[span - 1] <= first) {
+      sm.attend(kg, vg, D, span);
+    } else {
+      sm.attend_masked(kg, vg, D, span, [&](int64_t r, int64_t c) {
+        return G[c] > first + r * w.dilation ? OnlineSoftmax::kHidden : 0.0f;
+      });
+    }
+    sm.finish(view.out + row0 * view.ld, view.ld);
   }
 
-  // Global rows are dense rows over every key (causal: keys up to the row).
-  void attend_global_rows(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                          Tensor& out, const std::vector<int64_t>& G) const {
-    const int64_t g = int64_t(G.size()), D = s.dim, n = s.nk;
-    if (g == 0) return;
-    const float scale = s.softmax_scale();
-    const int64_t chunks = (g + kQueryRows - 1) / kQueryRows;
-    FloatBuffer scratch(size_t(omp_get_max_threads()) * 2 * kQueryRows * D);
-    band::parallel_tasks(s.heads_total() * chunks, D, [&](int64_t t, OnlineSoftmax& sm) {
-      const int64_t b = t / chunks / s.heads, h = t / chunks % s.heads;
-      const int64_t a0 = t % chunks * kQueryRows, rows = std::min(kQueryRows, g - a0);
-      float* qbuf = scratch.data() + omp_get_thread_num() * 2 * kQueryRows * D;
-      float* obuf = qbuf + kQueryRows * D;
-      const float *qh = q.head(b, h), *kh = k.head(b, h), *vh = v.head(b, h);
-      for (int64_t r = 0; r < rows; ++r)
-        std::copy(qh + G[a0 + r] * D, qh + (G[a0 + r] + 1) * D, qbuf + r * D);
-      sm.begin(qbuf, D, rows, scale);
-      if (!s.causal) {
-        sm.attend(kh, vh, D, n);
-      } else {
-        // Keys up to the first row are visible to all rows (positions ascend).
-        const int64_t p0 = G[a0], pl = G[a0 + rows - 1];
-        sm.attend(kh, vh, D, p0 + 1);
-        sm.attend_masked(kh + (p0 + 1) * D, vh + (p0 + 1) * D, D, pl - p0,
-                         [&](int64_t r, int64_t c) {
-                           return p0 + 1 + c > G[a0 + r] ? OnlineSoftmax::kHidden : 0.0f;
-                         });
+  // Chunk `task` (head-major) of the global rows: dense rows over every key (causal: keys up
+  // to the row), written to gl.out.
+  static void attend_global_rows(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 Globals& gl, int64_t task, OnlineSoftmax& sm) {
+    const int64_t D = s.dim, bh = task / gl.chunks, b = bh / s.heads, h = bh % s.heads;
+    const int64_t a0 = task % gl.chunks * kQueryRows, rows = std::min(kQueryRows, gl.g - a0);
+    const int64_t* pos = gl.G.data() + a0;
+    float* qbuf = gl.qbuf.data() + omp_get_thread_num() * kQueryRows * D;
+    const float *qh = q.head(b, h), *kh = k.head(b, h), *vh = v.head(b, h);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(qh + pos[r] * D, qh + (pos[r] + 1) * D, qbuf + r * D);
+    sm.begin(qbuf, D, rows, s.softmax_scale());
+    if (!s.causal) {
+      sm.attend(kh, vh, D, s.nk);
+    } else {
+      // Keys up to the first row are visible to all rows (positions ascend).
+      const int64_t p0 = pos[0], pl = pos[rows - 1];
+      sm.attend(kh, vh, D, p0 + 1);
+      sm.attend_masked(kh + (p0 + 1) * D, vh + (p0 + 1) * D, D, pl - p0, [&](int64_t r, int64_t c) {
+        return p0 + 1 + c > pos[r] ? OnlineSoftmax::kHidden : 0.0f;
+      });
+    }
+    sm.finish(gl.out.data() + (bh * gl.g + a0) * D, D);
+  }
+
+  static void scatter_global_rows(const Shape& s, const Globals& gl, Tensor& out) {
+    const int64_t D = s.dim;
+    for (int64_t bh = 0; bh < s.heads_total(); ++bh)
+      for (int64_t a = 0; a < gl.g; ++a) {
+        const float* o = gl.out.data() + (bh * gl.g + a) * D;
+        std::copy(o, o + D, out.head(bh / s.heads, bh % s.heads) + gl.G[a] * D);
       }
-      sm.finish(obuf, D);
-      float* oh = out.head(b, h);
-      for (int64_t r = 0; r < rows; ++r)
-        std::copy(obuf + r * D, obuf + (r + 1) * D, oh + G[a0 + r] * D);
-    });
   }
 
   int64_t radius_, dilation_, global_;

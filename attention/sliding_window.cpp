@@ -30,7 +30,7 @@ class SlidingWindow final : public Attention {
                Tensor& out) override {
     const band::Window w = window(s);
     const float scale = s.softmax_scale();
-    band::for_each_block(s, q, k, v, out, dilation_,
+    band::for_each_block(s, q, k, v, out, w.dilation,
                          [&](int64_t, int64_t, const band::View& view, int64_t row0, int64_t rows,
                              kernels::OnlineSoftmax& sm) {
                            sm.begin(view.q + row0 * view.ld, view.ld, rows, scale);
@@ -57,7 +57,9 @@ class SlidingWindow final : public Attention {
   }
 
  private:
-  band::Window window(const Shape& s) const { return {radius_, dilation_, s.causal}; }
+  band::Window window(const Shape& s) const {
+    return band::clipped_window(radius_, dilation_, s.causal, s.nq);
+  }
 
   int64_t radius_, dilation_;
 };

@@ -109,6 +109,8 @@ TEST(Window, RadiusCoveringTheSequenceIsDense) {
             in);
         EXPECT_LT(relative_error(out, dense), 1e-5) << spec << " n=" << n;
       }
+      Tensor huge = run_variant("sliding_window:radius=9000000000000000000", s, in);
+      EXPECT_LT(relative_error(huge, dense), 1e-5) << "huge radius, n=" << n;
     }
 }
 
@@ -125,7 +127,9 @@ TEST(Window, RadiusZeroReturnsEachRowsValue) {
   Shape s{1, 2, 133, 133, 16, false};
   auto in = random_inputs(s, 8);
   for (const char* spec :
-       {"sliding_window:radius=0", "sliding_window:radius=0,dilation=5", "longformer:radius=0"}) {
+       {"sliding_window:radius=0", "sliding_window:radius=0,dilation=5", "longformer:radius=0",
+        // A dilation beyond n leaves every row alone in its residue class.
+        "sliding_window:radius=5,dilation=9000000000000000000"}) {
     Tensor out = run_variant(spec, s, in);
     for (int64_t e = 0; e < out.size(); ++e) ASSERT_FLOAT_EQ(out.data()[e], in.v.data()[e]) << spec;
   }
