@@ -19,7 +19,9 @@
 #endif
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <random>
@@ -228,6 +230,7 @@ struct Config {
   bool ortho = true;
   bool norm_scaling = true;
   float eps = 1e-4f;
+  std::string eps_text = "1e-4";
   uint64_t seed = 0;
 };
 
@@ -253,7 +256,7 @@ class Performer final : public Attention {
             {"kernel", kernels[int(cfg_.kernel)]},
             {"ortho", cfg_.ortho ? "true" : "false"},
             {"scaling", cfg_.norm_scaling ? "norm" : "sqrt"},
-            {"eps", std::to_string(cfg_.eps)},
+            {"eps", cfg_.eps_text},
             {"seed", std::to_string(cfg_.seed)}};
   }
 
@@ -270,8 +273,9 @@ class Performer final : public Attention {
   void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                Tensor& out) override;
 
-  // §7: projections 2·(Nq + Nk)·m·D, φ(K)ᵀV 2·Nk·M·D, φ(Q)·S 2·Nq·M·D (causal: the running
-  // sums cost the same), denominators 2·Nq·M, column sums Nk·M. M = m (2m for trig).
+  // Model FLOPs (§7): projections 2·(Nq + Nk)·m·D, φ(K)ᵀV 2·Nk·M·D, φ(Q)·S 2·Nq·M·D,
+  // denominators 2·Nq·M, column sums Nk·M; M = m (2m for trig). Causal executes more: the
+  // block sums again (2·n·M·D) and the masked diagonal tiles (2·n·kChunkRows·(M + D)).
   double flops(const Shape& s) const override {
     const double m = features(s.dim), M = width(s.dim), D = s.dim;
     const double nq = s.nq, nk = s.nk;
@@ -291,12 +295,12 @@ class Performer final : public Attention {
     return (G * per_head + T * per_thread + features(s.dim) * D) * sizeof(float);
   }
 
-  std::string dense_counterpart() const override { return {}; }
-
   // DIR/features.npy: the raw W [m, D] (rows ω), without D^(-1/4) or m^(-1/2) folded in.
   void save_random(const std::string& dir, const Shape& s) const override {
     ensure_projection(s.dim);
-    std::filesystem::create_directories(dir);
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw RuntimeError("cannot create directory " + dir + ": " + ec.message());
     write_npy(dir + "/features.npy", {features(s.dim), s.dim}, w_.data());
   }
 
@@ -332,14 +336,18 @@ class Performer final : public Attention {
   void key_block_pass1(const Shape& s, HeadWork& h, int64_t b) const;
   void key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums) const;
   void query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t rows, float* scratch) const;
-  void causal_block(const Shape& s, HeadWork& h, int64_t b, float* scratch) const;
+  template <class Before>
+  void accumulate_block(const Shape& s, const HeadWork& h, int64_t r0, int64_t end, Before&& before,
+                        float* sum) const;
+  void causal_block(const Shape& s, HeadWork& h, int64_t b, const float* start,
+                    float* scratch) const;
   void combine_blocks(const Shape& s, HeadWork& h, int64_t f) const;
   float key_shift(const HeadWork& h, int64_t blocks) const;
   void head_alone(const Shape& s, HeadWork& h, float* scratch) const;
   void head_shared(const Shape& s, HeadWork& h, float* scratch, std::exception_ptr& error) const;
   size_t scratch_floats(const Shape& s) const {
     const int64_t M = width(s.dim);
-    return s.causal ? size_t(M * s.dim + M + kChunkRows * (M + kChunkRows))
+    return s.causal ? size_t(2 * (M * s.dim + M) + kChunkRows * (M + kChunkRows))
                     : size_t(kQueryRows * M);
   }
 
@@ -427,9 +435,15 @@ void Performer::key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool wan
   }
   if (!want_sums) return;
   float* sum = h.sums.data() + b * (M * d + M);
-  sgemm(true, false, M, d, rows, 1.0f, f, M, h.v + r0 * d, d, 0.0f, sum, d);
-  std::fill(sum + M * d, sum + M * d + M, 0.0f);
-  add_column_sums(f, rows, M, M, sum + M * d);
+  if (!s.causal) {
+    sgemm(true, false, M, d, rows, 1.0f, f, M, h.v + r0 * d, d, 0.0f, sum, d);
+    std::fill(sum + M * d, sum + M * d + M, 0.0f);
+    add_column_sums(f, rows, M, M, sum + M * d);
+  } else {
+    std::fill(sum, sum + M * d + M, 0.0f);
+    accumulate_block(
+        s, h, r0, r0 + rows, [](int64_t, int64_t) {}, sum);
+  }
 }
 
 // Non-causal output rows: φ(Q)·S / φ(Q)·z with S, z the head's totals (in sums[0]).
@@ -448,39 +462,57 @@ void Performer::query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t ro
   }
 }
 
-// Causal output rows of key block b. sums[b] holds the exclusive prefix (S, z) over blocks
-// before b; inside the block, chunks of kChunkRows rows add their masked diagonal tile and
-// then fold their own keys into the running state.
-void Performer::causal_block(const Shape& s, HeadWork& h, int64_t b, float* scratch) const {
-  const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows;
-  const int64_t end = std::min(s.nk, r0 + kBlockRows);
-  float* state = scratch;  // [M·D + M]
-  float* qf = state + (M * d + M);
-  float* tile = qf + kChunkRows * M;
-  const float* start = h.sums.data() + b * (M * d + M);
-  std::copy(start, start + M * d + M, state);
-  float *S = state, *z = state + M * d;
+// Runs over the chunks of rows [r0, end) in order, calling before(c0, rows) for each chunk
+// and then adding φ(K_c)ᵀV_c and φ(K_c)ᵀ1 to sum [M·D + M]. Both the causal outputs and the
+// block sums of the team-shared path accumulate through this one loop, so a block's sum has
+// the same bits whichever path computed it.
+template <class Before>
+void Performer::accumulate_block(const Shape& s, const HeadWork& h, int64_t r0, int64_t end,
+                                 Before&& before, float* sum) const {
+  const int64_t d = s.dim, M = width(d);
   for (int64_t c0 = r0; c0 < end; c0 += kChunkRows) {
     const int64_t rows = std::min(kChunkRows, end - c0);
+    before(c0, rows);
     const float* kf = h.kf.data() + c0 * M;
-    const float* vc = h.v + c0 * d;
-    float* o = h.out + c0 * d;
-    feature_rows(h.q + c0 * d, rows, d, qf, false, 0.0f, nullptr);
-    sgemm(false, true, rows, rows, M, 1.0f, qf, M, kf, M, 0.0f, tile, kChunkRows);
-    for (int64_t r = 0; r < rows; ++r)
-      std::fill(tile + r * kChunkRows + r + 1, tile + r * kChunkRows + rows, 0.0f);
-    sgemm(false, false, rows, d, rows, 1.0f, tile, kChunkRows, vc, d, 0.0f, o, d);
-    sgemm(false, false, rows, d, M, 1.0f, qf, M, S, d, 1.0f, o, d);
-    for (int64_t r = 0; r < rows; ++r) {
-      float den = dot(qf + r * M, z, M);
-      for (int64_t j = 0; j <= r; ++j) den += tile[r * kChunkRows + j];
-      const float inv = 1.0f / den;
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) o[r * d + j] *= inv;
-    }
-    sgemm(true, false, M, d, rows, 1.0f, kf, M, vc, d, 1.0f, S, d);
-    add_column_sums(kf, rows, M, M, z);
+    sgemm(true, false, M, d, rows, 1.0f, kf, M, h.v + c0 * d, d, 1.0f, sum, d);
+    add_column_sums(kf, rows, M, M, sum + M * d);
   }
+}
+
+// Causal output rows of key block b, given start = (S, z) summed over all blocks before b.
+// Chunk c adds its masked diagonal tile φ(Q_c)φ(K_c)ᵀ·V_c to φ(Q_c)·(start + R), R the sum
+// over the block's earlier chunks. Returns R (the block's own sum) in scratch.
+void Performer::causal_block(const Shape& s, HeadWork& h, int64_t b, const float* start,
+                             float* scratch) const {
+  const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows, state = M * d + M;
+  const int64_t end = std::min(s.nk, r0 + kBlockRows);
+  float* run = scratch;               // R [M·D + M]
+  float* total = run + state;         // start + R
+  float* qf = total + state;          // φ(Q_c) [kChunkRows, M]
+  float* tile = qf + kChunkRows * M;  // [kChunkRows, kChunkRows]
+  std::fill(run, run + state, 0.0f);
+  accumulate_block(
+      s, h, r0, end,
+      [&](int64_t c0, int64_t rows) {
+        const float* kf = h.kf.data() + c0 * M;
+        float* o = h.out + c0 * d;
+#pragma omp simd
+        for (int64_t i = 0; i < state; ++i) total[i] = start[i] + run[i];
+        feature_rows(h.q + c0 * d, rows, d, qf, false, 0.0f, nullptr);
+        sgemm(false, true, rows, rows, M, 1.0f, qf, M, kf, M, 0.0f, tile, kChunkRows);
+        for (int64_t r = 0; r < rows; ++r)
+          std::fill(tile + r * kChunkRows + r + 1, tile + r * kChunkRows + rows, 0.0f);
+        sgemm(false, false, rows, d, rows, 1.0f, tile, kChunkRows, h.v + c0 * d, d, 0.0f, o, d);
+        sgemm(false, false, rows, d, M, 1.0f, qf, M, total, d, 1.0f, o, d);
+        for (int64_t r = 0; r < rows; ++r) {
+          float den = dot(qf + r * M, total + M * d, M);
+          for (int64_t j = 0; j <= r; ++j) den += tile[r * kChunkRows + j];
+          const float inv = 1.0f / den;
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) o[r * d + j] *= inv;
+        }
+      },
+      run);
 }
 
 // Folds the block sums of feature row f (f = M: the φ(K)ᵀ1 row) in block order: non-causal
@@ -518,11 +550,23 @@ void Performer::head_alone(const Shape& s, HeadWork& h, float* scratch) const {
   const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
   for (int64_t b = 0; b < blocks; ++b) key_block_pass1(s, h, b);
   h.shift = key_shift(h, blocks);
-  for (int64_t b = 0; b < blocks; ++b) key_block_pass2(s, h, b, !s.causal || b + 1 < blocks);
-  for (int64_t f = 0; f <= width(s.dim); ++f) combine_blocks(s, h, f);
+  // Causal: block b's start is block b-1's start plus its own sum, which causal_block
+  // returns, so the block sums need no separate pass (the shared path's combine_blocks adds
+  // them in the same order).
+  for (int64_t b = 0; b < blocks; ++b) key_block_pass2(s, h, b, !s.causal);
   if (s.causal) {
-    for (int64_t b = 0; b < blocks; ++b) causal_block(s, h, b, scratch);
+    const int64_t state = width(s.dim) * s.dim + width(s.dim);
+    float* start = h.sums.data();
+    std::fill(start, start + state, 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      causal_block(s, h, b, start, scratch);
+      if (b + 1 == blocks) break;
+      float* next = start + state;
+      for (int64_t i = 0; i < state; ++i) next[i] = start[i] + scratch[i];
+      start = next;
+    }
   } else {
+    for (int64_t f = 0; f <= width(s.dim); ++f) combine_blocks(s, h, f);
     for (int64_t r0 = 0; r0 < s.nq; r0 += kQueryRows)
       query_rows(s, h, r0, std::min(kQueryRows, s.nq - r0), scratch);
   }
@@ -555,7 +599,9 @@ void Performer::head_shared(const Shape& s, HeadWork& h, float* scratch,
                  [&](int64_t b) { key_block_pass2(s, h, b, !s.causal || b + 1 < blocks); });
   parallel_tasks(width(s.dim) + 1, error, [&](int64_t f) { combine_blocks(s, h, f); });
   if (s.causal) {
-    parallel_tasks(blocks, error, [&](int64_t b) { causal_block(s, h, b, scratch); });
+    parallel_tasks(blocks, error, [&](int64_t b) {
+      causal_block(s, h, b, h.sums.data() + b * (width(s.dim) * s.dim + width(s.dim)), scratch);
+    });
   } else {
     parallel_tasks(qtasks, error, [&](int64_t t) {
       const int64_t r0 = t * kQueryRows;
@@ -624,6 +670,7 @@ Config parse_config(const Params& p) {
   c.ortho = p.get_bool("ortho");
   c.norm_scaling = p.get("scaling") == "norm";
   c.eps = float(p.get_float("eps"));
+  c.eps_text = p.get("eps");
   c.seed = uint64_t(p.get_int("seed"));
   return c;
 }

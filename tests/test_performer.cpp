@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <optional>
 #include <random>
 
 #include <unistd.h>
@@ -21,20 +22,27 @@ namespace fs = std::filesystem;
 struct TempDir {
   TempDir() {
     static int counter = 0;
-    path = (fs::temp_directory_path() /
-            ("attn_performer_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-               .string();
+    // tmpfs when there is one: the unbiasedness test writes thousands of small files.
+    const fs::path base =
+        fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
+    path =
+        (base / ("attn_performer_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
+            .string();
     fs::create_directories(path);
   }
   ~TempDir() { fs::remove_all(path); }
   std::string path;
 };
 
-// The raw projection W [m, D] an instance uses for head dim d (through its public export).
-std::vector<double> exported_features(Attention& a, const Shape& s, int64_t* m = nullptr) {
-  TempDir dir;
-  a.save_random(dir.path, s);
-  NpyArray w = read_npy(dir.path + "/features.npy");
+// The raw projection W [m, D] an instance uses for head dim d (through its public export),
+// written into `dir` (a fresh temporary directory when none is given).
+std::vector<double> exported_features(Attention& a, const Shape& s, int64_t* m = nullptr,
+                                      const TempDir* dir = nullptr) {
+  std::optional<TempDir> own;
+  if (!dir) dir = &own.emplace();
+  const std::string& path = dir->path;
+  a.save_random(path, s);
+  NpyArray w = read_npy(path + "/features.npy");
   EXPECT_EQ(w.shape.size(), 2u);
   EXPECT_EQ(w.shape[1], s.dim);
   if (m) *m = w.shape[0];
@@ -197,11 +205,12 @@ TEST(Performer, PositiveFeaturesAreUnbiased) {
   const double truth = std::exp(qk / std::sqrt(double(d)));
   for (const std::string spec : {"performer:features=12", "performer:features=12,ortho=false"}) {
     const int draws = 3000;
+    const TempDir dir;
     double sum = 0, sum2 = 0;
     for (int seed = 0; seed < draws; ++seed) {
       auto a = make_attention(spec + ",seed=" + std::to_string(seed));
       int64_t m = 0;
-      const auto w = exported_features(*a, s, &m);
+      const auto w = exported_features(*a, s, &m, &dir);
       double est = 0;
       for (int64_t f = 0; f < m; ++f) {
         double uq = 0, uk = 0;
@@ -236,9 +245,11 @@ TEST(Performer, ExportedFeaturesAreRawOrthogonalBlocks) {
   double mean_norm2 = 0;
   for (int64_t r = 0; r < m; ++r) {
     mean_norm2 += row_dot(r, r) / m;
-    for (int64_t t = (r / d) * d; t < std::min(m, (r / d + 1) * d); ++t)
-      if (t != r)
+    for (int64_t t = (r / d) * d; t < std::min(m, (r / d + 1) * d); ++t) {
+      if (t != r) {
         EXPECT_LT(std::abs(row_dot(r, t)), 1e-5 * std::sqrt(row_dot(r, r) * row_dot(t, t)));
+      }
+    }
   }
   EXPECT_NEAR(mean_norm2, double(d), 0.1 * d);
   auto sq = make_attention("performer:features=40,scaling=sqrt");
