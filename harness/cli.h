@@ -21,6 +21,7 @@ const std::vector<Command>& commands();
 int cmd_list(const Args& args);
 int cmd_run(const Args& args);
 int cmd_apply(const Args& args);
+int cmd_sweep(const Args& args);
 
 // Parses "512,1024,2048" (UsageError on anything else).
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what);
