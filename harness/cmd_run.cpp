@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "attention/registry.h"
 #include "harness/cli.h"
 #include "harness/sweep.h"
 
@@ -40,6 +41,16 @@ int cmd_run(const Args& args) {
   cfg.seqs = parse_int_list(seqs, "--seq");
   cfg.dists = {dist};
   cfg.seeds = {seed};
+  // A quick command refuses what cannot fit (a sweep would skip it with a note instead).
+  for (const auto& spec : cfg.variants) {
+    auto a = attn::make_attention(spec);
+    for (int64_t n : cfg.seqs) {
+      attn::Shape s{cfg.batch, cfg.heads, n, n, cfg.dim, cfg.causal};
+      a->validate(s);
+      const double io = 4.0 * s.heads_total() * n * s.dim * sizeof(float);
+      attn::check_fits_in_memory(io + a->extra_bytes(s), spec + " at n=" + std::to_string(n));
+    }
+  }
 
   SweepOptions opt;
   opt.out_dir = out;

@@ -221,10 +221,15 @@ std::string csv_line(const Row& r) {
     << r.heads << ',' << r.n << ',' << r.dim << ',' << (r.causal ? 1 : 0) << ','
     << csv_field(r.dist) << ',' << r.seed << ',' << csv_field(r.posenc) << ',' << r.threads << ','
     << r.reps << ',' << csv_field(r.status);
-  if (!r.ok()) return s.str() + std::string(16, ',');
+  if (!r.ok()) {
+    s << std::string(16, ',');  // no metrics
+    return s.str();
+  }
   std::string reps;
-  for (size_t i = 0; i < r.time_ms_reps.size(); ++i)
-    reps += (i ? ";" : "") + num(r.time_ms_reps[i]);
+  for (size_t i = 0; i < r.time_ms_reps.size(); ++i) {
+    if (i) reps += ';';
+    reps += num(r.time_ms_reps[i]);
+  }
   s << ',' << num(r.time_ms_median) << ',' << num(r.time_ms_min) << ',' << num(r.time_ms_max) << ','
     << num(r.time_cv) << ',' << reps << ',' << num(r.gflops) << ',' << num(r.pct_ceiling) << ','
     << num(r.mem_peak_bytes) << ',' << r.mem_allocs << ',' << num(r.extra_bytes) << ','

@@ -144,13 +144,21 @@ void validate_config(const SweepConfig& cfg) {
     if (c.dist != cfg.dists.front() || c.seed != cfg.seeds.front()) continue;
     attn::make_attention(c.spec)->validate(c.shape);
   }
-  // Inputs at the smallest n (cheap), to reject unknown distributions and encodings now.
-  attn::Shape s{cfg.batch, cfg.heads, 0, 0, cfg.dim, cfg.causal};
+  // Unknown distributions and encodings are rejected now, on inputs of one head (cheap).
+  // npy:DIR inputs have the files' own shape, so only their presence is checked here.
+  attn::Shape s{1, 1, 0, 0, cfg.dim, cfg.causal};
   s.nq = s.nk = *std::min_element(cfg.seqs.begin(), cfg.seqs.end());
   for (const auto& d : cfg.dists) {
-    Inputs in = make_inputs(s, d, cfg.seeds.front());
-    apply_posenc(cfg.posenc, in);
+    if (d.rfind("npy:", 0) == 0) {
+      for (const char* f : {"/q.npy", "/k.npy", "/v.npy"})
+        if (!std::ifstream(d.substr(4) + f))
+          throw attn::UsageError("dist " + d + ": cannot read " + d.substr(4) + f);
+      continue;
+    }
+    make_inputs(s, d, cfg.seeds.front());
   }
+  Inputs in = make_inputs(s, "gaussian", cfg.seeds.front());
+  apply_posenc(cfg.posenc, in);
 }
 
 // ---------------------------------------------------------------------------------------------
