@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 
 namespace attnbench {
 
@@ -64,6 +65,49 @@ Accuracy measure_accuracy(const attn::Shape& s, const ReferenceSample& ref,
   a.rel_fro = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
   a.mean_cosine = count ? cos_sum / count : 1.0;
   return a;
+}
+
+std::optional<double> attention_coverage(const attn::Attention& a, const attn::Shape& s,
+                                         const attn::Tensor& q, const attn::Tensor& k,
+                                         const std::vector<int64_t>& rows) {
+  attn::VisitedKeys probe;
+  if (rows.empty() || !a.visited_keys(s, 0, 0, rows[0], probe)) return std::nullopt;
+  const int64_t R = int64_t(rows.size()), items = s.heads_total() * R;
+  std::vector<double> mass(items);
+  bool bad_key = false;
+#pragma omp parallel
+  {
+    std::vector<double> p;
+    std::vector<char> seen(s.nk);
+    attn::VisitedKeys keys;
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t b = it / R / s.heads, h = it / R % s.heads, i = rows[it % R];
+      keys.clear();
+      a.visited_keys(s, b, h, i, keys);
+      attn::reference_probs(s, q, k, b, h, i, nullptr, p);
+      double m = 0;
+      // A key visited in several rounds counts once: coverage is of the union.
+      for (const auto& round : keys)
+        for (int64_t j : round) {
+          if (j < 0 || j >= s.nk) {
+#pragma omp atomic write
+            bad_key = true;
+            continue;
+          }
+          if (!seen[j]) seen[j] = 1, m += p[j];
+        }
+      for (const auto& round : keys)
+        for (int64_t j : round)
+          if (j >= 0 && j < s.nk) seen[j] = 0;
+      mass[it] = m;
+    }
+  }
+  if (bad_key) throw attn::RuntimeError(a.name() + ": visited_keys returned a key outside [0, Nk)");
+  // Summed in row order, so the figure does not depend on the thread count.
+  double total = 0;
+  for (double m : mass) total += m;
+  return total / double(items);
 }
 
 }  // namespace attnbench

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
+#include "attention/attention.h"
 #include "attention/reference.h"
 
 namespace attnbench {
@@ -30,5 +32,12 @@ struct Accuracy {
 
 Accuracy measure_accuracy(const attn::Shape& s, const ReferenceSample& ref,
                           const attn::Tensor& out);
+
+// Attention-mass coverage: the mean, over every head and every query row in `rows`, of the
+// dense softmax probability mass on the union (over hash rounds) of the keys `a` visited in
+// its last forward() on q, k. Empty when the variant reports no pattern (visited_keys false).
+std::optional<double> attention_coverage(const attn::Attention& a, const attn::Shape& s,
+                                         const attn::Tensor& q, const attn::Tensor& k,
+                                         const std::vector<int64_t>& rows);
 
 }  // namespace attnbench

@@ -12,6 +12,7 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
       {"list", "every registered variant with its parameters, defaults and docs", cmd_list},
       {"run", "time variants over sequence lengths; GFLOP/s, memory, error vs fp64", cmd_run},
+      {"sweep", "run a sweep config (configs/*.ini) into results.csv/json; resumable", cmd_sweep},
       {"apply", "run one variant on q/k/v .npy files and write the output .npy", cmd_apply},
       {"posenc", "positional encodings: parameter memory, lookup time, .npy tables", cmd_posenc},
       {"plot", "time, memory, error and speed-vs-error plots of a results dir", cmd_plot},

@@ -1,0 +1,306 @@
+#include "harness/results.h"
+
+#include <unistd.h>
+
+#include <boost/version.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "attention/npy.h"
+#include "attention/tensor.h"
+#include "oneapi/dnnl/dnnl.h"
+
+namespace attnbench {
+
+using nlohmann::json;
+
+std::string case_key(const std::string& spec, int64_t batch, int64_t heads, int64_t n, int64_t dim,
+                     bool causal, const std::string& dist, uint64_t seed,
+                     const std::string& posenc) {
+  std::ostringstream k;
+  k << spec << "|B=" << batch << "|H=" << heads << "|N=" << n << "|D=" << dim
+    << "|causal=" << (causal ? 1 : 0) << "|dist=" << dist << "|seed=" << seed
+    << "|posenc=" << posenc;
+  return k.str();
+}
+
+namespace {
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      return colon == std::string::npos ? line
+                                        : line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "unknown";
+}
+
+std::string git_commit() {
+#ifdef ATTN_SOURCE_DIR
+  std::string cmd = "git -C '" ATTN_SOURCE_DIR "' rev-parse HEAD 2>/dev/null";
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[64] = {};
+    const bool got = std::fgets(buf, sizeof buf, p) != nullptr;
+    pclose(p);
+    std::string s = got ? buf : "";
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    if (!s.empty()) return s;
+  }
+#endif
+  return "unknown";
+}
+
+std::string now_utc() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+json number_or_null(bool ok, double v) {
+  return ok ? json(v) : json(nullptr);
+}
+
+double get_number(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+}
+
+std::string num(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+// RFC 4180 quoting for fields that could hold commas or quotes (specs, statuses).
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+}  // namespace
+
+RunContext current_context(int threads) {
+  RunContext c;
+  c.cpu_model = cpu_model();
+  c.cores = int(std::thread::hardware_concurrency());
+  c.threads = threads;
+  c.compiler = "GCC " __VERSION__;
+  const dnnl_version_t* v = dnnl_version();
+  c.onednn_version =
+      std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  c.boost_version = std::to_string(BOOST_VERSION / 100000) + "." +
+                    std::to_string(BOOST_VERSION / 100 % 1000) + "." +
+                    std::to_string(BOOST_VERSION % 100);
+  // Google Benchmark 1.7.1 headers carry no version macro; the build requires Debian's
+  // libbenchmark-dev 1.7.1 (find_package(benchmark) in CMakeLists.txt).
+  c.benchmark_version = "1.7.1";
+  c.git_commit = git_commit();
+  c.date_utc = now_utc();
+  return c;
+}
+
+json to_json(const Row& r) {
+  const bool ok = r.ok();
+  json j = {{"key", r.key},     {"variant", r.variant}, {"spec", r.spec},
+            {"batch", r.batch}, {"heads", r.heads},     {"n", r.n},
+            {"dim", r.dim},     {"causal", r.causal},   {"dist", r.dist},
+            {"seed", r.seed},   {"posenc", r.posenc},   {"threads", r.threads},
+            {"reps", r.reps},   {"status", r.status}};
+  j["time_ms_median"] = number_or_null(ok, r.time_ms_median);
+  j["time_ms_min"] = number_or_null(ok, r.time_ms_min);
+  j["time_ms_max"] = number_or_null(ok, r.time_ms_max);
+  j["time_cv"] = number_or_null(ok, r.time_cv);
+  j["time_ms_reps"] = ok ? json(r.time_ms_reps) : json::array();
+  j["gflops"] = number_or_null(ok, r.gflops);
+  j["pct_ceiling"] = number_or_null(ok, r.pct_ceiling);
+  j["mem_peak_bytes"] = number_or_null(ok, r.mem_peak_bytes);
+  j["mem_allocs"] = ok ? json(r.mem_allocs) : json(nullptr);
+  j["extra_bytes"] = number_or_null(ok, r.extra_bytes);
+  j["rss_peak_bytes"] = number_or_null(ok, r.rss_peak_bytes);
+  j["rel_err"] = number_or_null(ok, r.rel_err);
+  j["max_abs_err"] = number_or_null(ok, r.max_abs_err);
+  j["cosine"] = number_or_null(ok, r.cosine);
+  j["coverage"] = ok && r.coverage ? json(*r.coverage) : json(nullptr);
+  j["ref_rows"] = ok ? json(r.ref_rows) : json(nullptr);
+  return j;
+}
+
+Row row_from_json(const json& j) {
+  try {
+    Row r;
+    r.key = j.at("key").get<std::string>();
+    r.variant = j.at("variant").get<std::string>();
+    r.spec = j.at("spec").get<std::string>();
+    r.batch = j.at("batch").get<int64_t>();
+    r.heads = j.at("heads").get<int64_t>();
+    r.n = j.at("n").get<int64_t>();
+    r.dim = j.at("dim").get<int64_t>();
+    r.causal = j.at("causal").get<bool>();
+    r.dist = j.at("dist").get<std::string>();
+    r.seed = j.at("seed").get<uint64_t>();
+    r.posenc = j.at("posenc").get<std::string>();
+    r.threads = j.at("threads").get<int>();
+    r.reps = j.at("reps").get<int>();
+    r.status = j.at("status").get<std::string>();
+    if (!r.ok()) return r;
+    r.time_ms_median = get_number(j, "time_ms_median");
+    r.time_ms_min = get_number(j, "time_ms_min");
+    r.time_ms_max = get_number(j, "time_ms_max");
+    r.time_cv = get_number(j, "time_cv");
+    r.time_ms_reps = j.at("time_ms_reps").get<std::vector<double>>();
+    r.gflops = get_number(j, "gflops");
+    r.pct_ceiling = get_number(j, "pct_ceiling");
+    r.mem_peak_bytes = get_number(j, "mem_peak_bytes");
+    r.mem_allocs = int64_t(get_number(j, "mem_allocs"));
+    r.extra_bytes = get_number(j, "extra_bytes");
+    r.rss_peak_bytes = get_number(j, "rss_peak_bytes");
+    r.rel_err = get_number(j, "rel_err");
+    r.max_abs_err = get_number(j, "max_abs_err");
+    r.cosine = get_number(j, "cosine");
+    if (j.contains("coverage") && j["coverage"].is_number())
+      r.coverage = j["coverage"].get<double>();
+    r.ref_rows = j.value("ref_rows", "");
+    return r;
+  } catch (const json::exception& e) {
+    throw attn::RuntimeError(std::string("malformed result row: ") + e.what());
+  }
+}
+
+json to_json(const Scaling& s) {
+  return {{"spec", s.spec},
+          {"variant", s.variant},
+          {"batch", s.batch},
+          {"heads", s.heads},
+          {"dim", s.dim},
+          {"causal", s.causal},
+          {"dist", s.dist},
+          {"posenc", s.posenc},
+          {"alpha", s.alpha},
+          {"alpha_ci_lo", s.alpha_ci_lo},
+          {"alpha_ci_hi", s.alpha_ci_hi},
+          {"gb_big_o", s.gb_big_o},
+          {"gb_rms", s.gb_rms},
+          {"crossover_n", s.crossover_n ? json(*s.crossover_n) : json(nullptr)},
+          {"crossover_note", s.crossover_note}};
+}
+
+json to_json(const RunContext& c) {
+  return {{"cpu_model", c.cpu_model},
+          {"cores", c.cores},
+          {"threads", c.threads},
+          {"compiler", c.compiler},
+          {"onednn_version", c.onednn_version},
+          {"boost_version", c.boost_version},
+          {"benchmark_version", c.benchmark_version},
+          {"git_commit", c.git_commit},
+          {"date_utc", c.date_utc},
+          {"sgemm_ceiling_gflops", c.sgemm_ceiling_gflops},
+          {"config", c.config},
+          {"command", c.command}};
+}
+
+std::string csv_header() {
+  return "key,variant,spec,batch,heads,n,dim,causal,dist,seed,posenc,threads,reps,status,"
+         "time_ms_median,time_ms_min,time_ms_max,time_cv,time_ms_reps,gflops,pct_ceiling,"
+         "mem_peak_bytes,mem_allocs,extra_bytes,rss_peak_bytes,rel_err,max_abs_err,cosine,"
+         "coverage,ref_rows";
+}
+
+std::string csv_line(const Row& r) {
+  std::ostringstream s;
+  s << csv_field(r.key) << ',' << r.variant << ',' << csv_field(r.spec) << ',' << r.batch << ','
+    << r.heads << ',' << r.n << ',' << r.dim << ',' << (r.causal ? 1 : 0) << ','
+    << csv_field(r.dist) << ',' << r.seed << ',' << csv_field(r.posenc) << ',' << r.threads << ','
+    << r.reps << ',' << csv_field(r.status);
+  if (!r.ok()) {
+    s << std::string(16, ',');  // no metrics
+    return s.str();
+  }
+  std::string reps;
+  for (size_t i = 0; i < r.time_ms_reps.size(); ++i) {
+    if (i) reps += ';';
+    reps += num(r.time_ms_reps[i]);
+  }
+  s << ',' << num(r.time_ms_median) << ',' << num(r.time_ms_min) << ',' << num(r.time_ms_max) << ','
+    << num(r.time_cv) << ',' << reps << ',' << num(r.gflops) << ',' << num(r.pct_ceiling) << ','
+    << num(r.mem_peak_bytes) << ',' << r.mem_allocs << ',' << num(r.extra_bytes) << ','
+    << num(r.rss_peak_bytes) << ',' << num(r.rel_err) << ',' << num(r.max_abs_err) << ','
+    << num(r.cosine) << ',' << (r.coverage ? num(*r.coverage) : "") << ',' << r.ref_rows;
+  return s.str();
+}
+
+void write_results(const std::string& dir, const RunContext& ctx, const std::vector<Row>& rows,
+                   const std::vector<Scaling>& scaling) {
+  std::filesystem::create_directories(dir);
+  json j = {{"context", to_json(ctx)}, {"rows", json::array()}, {"scaling", json::array()}};
+  std::string csv = csv_header() + "\n";
+  for (const Row& r : rows) j["rows"].push_back(to_json(r)), csv += csv_line(r) + "\n";
+  for (const Scaling& s : scaling) j["scaling"].push_back(to_json(s));
+  // CSV first: results.json is what --resume trusts, so it is never ahead of the CSV.
+  attn::write_file_atomic(dir + "/results.csv", csv);
+  attn::write_file_atomic(dir + "/results.json", j.dump(1) + "\n");
+}
+
+std::vector<Row> load_rows(const std::string& dir) {
+  const std::string path = dir + "/results.json";
+  std::ifstream f(path);
+  if (!f) return {};
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::exception& e) {
+    throw attn::RuntimeError(path + " is not valid JSON (" + e.what() +
+                             "); move it away or run without --resume");
+  }
+  std::vector<Row> rows;
+  if (!j.contains("rows") || !j["rows"].is_array())
+    throw attn::RuntimeError(path + " has no \"rows\" array");
+  for (const json& r : j["rows"]) rows.push_back(row_from_json(r));
+  return rows;
+}
+
+void print_row_header() {
+  std::printf("%-34s %6s %10s %6s %8s %7s %10s %10s %7s %9s %9s %8s %8s  %s\n", "variant", "n",
+              "median_ms", "cv%", "GFLOP/s", "%sgemm", "peak_MiB", "extra_MiB", "allocs", "rel_err",
+              "max_abs", "cosine", "coverage", "ref rows");
+  std::fflush(stdout);
+}
+
+void print_row(const Row& r) {
+  if (!r.ok()) {
+    std::printf("%-34s %6lld  %s\n", r.spec.c_str(), (long long)r.n, r.status.c_str());
+  } else {
+    const std::string cov = r.coverage ? num(*r.coverage).substr(0, 6) : "-";
+    std::printf(
+        "%-34s %6lld %10.3f %6.1f %8.1f %6.1f%% %10.3f %10.3f %7lld %9.2e %9.2e %8.5f %8s  %s\n",
+        r.spec.c_str(), (long long)r.n, r.time_ms_median, 100 * r.time_cv, r.gflops, r.pct_ceiling,
+        r.mem_peak_bytes / (1 << 20), r.extra_bytes / (1 << 20), (long long)r.mem_allocs, r.rel_err,
+        r.max_abs_err, r.cosine, cov.c_str(), r.ref_rows.c_str());
+  }
+  std::fflush(stdout);
+}
+
+void print_scaling(const std::vector<Scaling>& scaling) {
+  if (scaling.empty()) return;
+  std::printf("\n%-34s %-10s %22s %8s %7s  %s\n", "scaling (median time vs n)", "dist",
+              "alpha [95% CI]", "GB O()", "GB rms", "crossover vs full");
+  for (const Scaling& s : scaling) {
+    char ci[48];
+    std::snprintf(ci, sizeof ci, "%.2f [%.2f, %.2f]", s.alpha, s.alpha_ci_lo, s.alpha_ci_hi);
+    std::printf("%-34s %-10s %22s %8s %6.0f%%  %s\n", s.spec.c_str(), s.dist.c_str(), ci,
+                s.gb_big_o.empty() ? "-" : s.gb_big_o.c_str(), 100 * s.gb_rms,
+                s.crossover_note.c_str());
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace attnbench

@@ -1,0 +1,374 @@
+// Sweeps: config parsing (good and malformed), the result files' schema, the scaling fit and
+// crossover on synthetic data, and resuming a sweep killed with SIGKILL.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "harness/scaling.h"
+#include "harness/sweep.h"
+#include "test_util.h"
+
+namespace attn::test {
+namespace {
+
+namespace fs = std::filesystem;
+using attnbench::SweepConfig;
+using nlohmann::json;
+
+SweepConfig parse(const std::string& text) {
+  std::istringstream in(text);
+  return attnbench::parse_sweep_config(in, "t.ini");
+}
+
+fs::path scratch(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("attn_sweep_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+TEST(SweepConfig, ParsesEveryKey) {
+  SweepConfig c = parse(
+      "# comment header\n"
+      "variant = full\nvariant = full_materialized\n"
+      "seq = 512, 1024,2048\ndim = 32\nheads = 4\nbatch = 2\ncausal = true\n"
+      "dist = gaussian\ndist = local\nseed = 0\nseed = 7\nthreads = 1\nreps = 3\n"
+      "min_time = 0.02\nmax_seconds = 5\nmax_memory_gib = 1.5\nposenc =\n"
+      "ref_sample = 64\nref_all_rows_max = 1024\n");
+  EXPECT_EQ(c.variants, (std::vector<std::string>{"full", "full_materialized"}));
+  EXPECT_EQ(c.seqs, (std::vector<int64_t>{512, 1024, 2048}));
+  EXPECT_EQ(c.dim, 32);
+  EXPECT_EQ(c.heads, 4);
+  EXPECT_EQ(c.batch, 2);
+  EXPECT_TRUE(c.causal);
+  EXPECT_EQ(c.dists, (std::vector<std::string>{"gaussian", "local"}));
+  EXPECT_EQ(c.seeds, (std::vector<uint64_t>{0, 7}));
+  EXPECT_EQ(c.threads, 1);
+  EXPECT_EQ(c.reps, 3);
+  EXPECT_DOUBLE_EQ(c.min_time, 0.02);
+  EXPECT_DOUBLE_EQ(c.max_seconds, 5);
+  EXPECT_DOUBLE_EQ(c.max_memory_gib, 1.5);
+  EXPECT_EQ(c.posenc, "");
+  EXPECT_EQ(c.ref_sample, 64);
+  EXPECT_EQ(c.ref_all_rows_max, 1024);
+  // 2 variants x 2 dists x 3 n x 2 seeds, distribution outermost and n ascending.
+  auto cases = attnbench::expand_cases(c);
+  ASSERT_EQ(cases.size(), 24u);
+  EXPECT_EQ(cases[0].key(), "full|B=2|H=4|N=512|D=32|causal=1|dist=gaussian|seed=0|posenc=");
+  EXPECT_EQ(cases[1].seed, 7u);
+  EXPECT_EQ(cases[2].shape.nq, 1024);
+  EXPECT_EQ(cases[12].dist, "local");
+}
+
+TEST(SweepConfig, DefaultsForOptionalKeys) {
+  SweepConfig c = parse("variant = full\nseq = 64\n");
+  EXPECT_EQ(c.dists, (std::vector<std::string>{"gaussian"}));
+  EXPECT_EQ(c.seeds, (std::vector<uint64_t>{0}));
+  EXPECT_EQ(c.reps, 5);
+  EXPECT_EQ(c.max_seconds, 0);
+}
+
+TEST(SweepConfig, EveryMalformedConfigIsAOneLineUsageError) {
+  const std::string ok = "variant = full\nseq = 64,128\n";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {ok + "colour = blue\n", "unknown key 'colour'"},
+      {ok + "dim = abc\n", "dim"},
+      {ok + "dim = 0\n", "dim"},
+      {ok + "heads = 1.5\n", "heads"},
+      {ok + "reps = 0\n", "reps"},
+      {ok + "reps = many\n", "reps"},
+      {ok + "min_time = 0\n", "min_time"},
+      {ok + "min_time = x\n", "min_time"},
+      {ok + "max_seconds = -1\n", "max_seconds"},
+      {ok + "max_memory_gib = lots\n", "max_memory_gib"},
+      {ok + "threads = -2\n", "threads"},
+      {ok + "causal = maybe\n", "causal"},
+      {ok + "seed = -1\n", "seed"},
+      {ok + "seed = x\n", "seed"},
+      {ok + "dim = 64\ndim = 32\n", "dim"},
+      {ok + "dist =\n", "dist"},
+      {"seq = 64\n", "variant"},
+      {"variant =\nseq = 64\n", "variant"},
+      {"variant = full\n", "seq"},
+      {"variant = full\nseq =\n", "seq"},
+      {"variant = full\nseq = 64,abc\n", "seq"},
+      {"variant = full\nseq = 64,-128\n", "seq"},
+      {"variant = full\nseq = 0\n", "seq"},
+  };
+  for (const auto& [text, what] : bad) {
+    try {
+      parse(text);
+      ADD_FAILURE() << "accepted:\n" << text;
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind("config t.ini: ", 0), 0u) << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << "'" << what << "' not in: " << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+  }
+}
+
+TEST(SweepConfig, UnknownVariantsAndBadSpecsAreRejectedUpFront) {
+  for (const std::string v : {"nope", "full:radius=3", "full_materialized:x=1"}) {
+    SweepConfig c = parse("variant = full\nvariant = " + v + "\nseq = 64\n");
+    EXPECT_THROW(attnbench::validate_config(c), UsageError) << v;
+  }
+  EXPECT_THROW(attnbench::validate_config(parse("variant = full\nseq = 64\ndist = nope\n")),
+               UsageError);
+  EXPECT_NO_THROW(attnbench::validate_config(parse("variant = full\nseq = 64\n")));
+}
+
+// t = c·n^2 with 5% multiplicative noise: alpha close to 2 and its 95% CI covering 2.
+TEST(Scaling, RecoversQuadraticExponentWithCi) {
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> noise(0.0, 0.05);
+  std::vector<double> n, t;
+  for (double x = 512; x <= 65536; x *= 2)
+    for (int rep = 0; rep < 2; ++rep)
+      n.push_back(x), t.push_back(3e-7 * x * x * std::exp(noise(rng)));
+  attnbench::PowerFit f = attnbench::fit_power_law(n, t);
+  ASSERT_TRUE(f.valid);
+  EXPECT_NEAR(f.alpha, 2.0, 0.05);
+  EXPECT_LT(f.ci_lo, 2.0);
+  EXPECT_GT(f.ci_hi, 2.0);
+  EXPECT_LT(f.ci_hi - f.ci_lo, 0.2);
+  EXPECT_NEAR(std::exp(f.intercept), 3e-7, 1e-7);
+  // Exact linear data: alpha 1, a degenerate interval.
+  std::vector<double> tl;
+  for (double x : n) tl.push_back(2e-3 * x);
+  attnbench::PowerFit g = attnbench::fit_power_law(n, tl);
+  EXPECT_NEAR(g.alpha, 1.0, 1e-12);
+  EXPECT_NEAR(g.ci_hi - g.ci_lo, 0.0, 1e-9);
+  // The t quantile that makes it a 95% interval (tables: 12.706 for 1 dof, 2.228 for 10).
+  EXPECT_NEAR(attnbench::student_t_975(1), 12.706, 1e-3);
+  EXPECT_NEAR(attnbench::student_t_975(10), 2.228, 1e-3);
+  EXPECT_FALSE(attnbench::fit_power_law({512, 512}, {1, 2}).valid);
+}
+
+TEST(Scaling, CrossoverOfSyntheticLines) {
+  std::vector<double> n = {256, 512, 1024, 2048, 4096};
+  std::vector<double> dense, linear, slow;
+  for (double x : n)
+    dense.push_back(1e-6 * x * x), linear.push_back(1e-3 * x), slow.push_back(1e-5 * x * x);
+  const auto fd = attnbench::fit_power_law(n, dense);
+  // 1e-3·n = 1e-6·n^2 at n = 1000.
+  auto c = attnbench::find_crossover(attnbench::fit_power_law(n, linear), fd);
+  ASSERT_TRUE(c.n.has_value());
+  EXPECT_NEAR(*c.n, 1000.0, 1e-6);
+  EXPECT_EQ(c.note, "faster than full from n≈1000");
+  // Ten times slower than dense everywhere: never faster.
+  c = attnbench::find_crossover(attnbench::fit_power_law(n, slow), fd);
+  EXPECT_FALSE(c.n.has_value());
+  EXPECT_EQ(c.note, "none in range");
+  // The crossover point lies beyond the measured range: none in range either.
+  std::vector<double> late;
+  for (double x : n) late.push_back(1e-2 * x);  // equal to dense at n = 10000
+  c = attnbench::find_crossover(attnbench::fit_power_law(n, late), fd);
+  EXPECT_FALSE(c.n.has_value());
+  EXPECT_EQ(c.note, "none in range");
+  // Faster at every measured n: n* is the smallest measured n.
+  std::vector<double> fast;
+  for (double x : n) fast.push_back(1e-5 * x);
+  c = attnbench::find_crossover(attnbench::fit_power_law(n, fast), fd);
+  ASSERT_TRUE(c.n.has_value());
+  EXPECT_NEAR(*c.n, 256.0, 1e-6);
+}
+
+const char* kRowNumbers[] = {"time_ms_median", "time_ms_min", "time_ms_max",    "time_cv",
+                             "gflops",         "pct_ceiling", "mem_peak_bytes", "extra_bytes",
+                             "rss_peak_bytes", "rel_err",     "max_abs_err",    "cosine"};
+
+void check_row_schema(const json& r) {
+  for (const char* k : {"key", "variant", "spec", "dist", "posenc", "status"})
+    EXPECT_TRUE(r.at(k).is_string()) << k;
+  for (const char* k : {"batch", "heads", "n", "dim", "seed", "threads", "reps"})
+    EXPECT_TRUE(r.at(k).is_number_integer()) << k;
+  EXPECT_TRUE(r.at("causal").is_boolean());
+  EXPECT_TRUE(r.at("time_ms_reps").is_array());
+  const bool ok = r["status"] == "ok";
+  if (!ok) {
+    EXPECT_EQ(r["status"].get<std::string>().rfind("skipped: ", 0), 0u);
+    for (const char* k : kRowNumbers) EXPECT_TRUE(r.at(k).is_null()) << k;
+    EXPECT_TRUE(r.at("mem_allocs").is_null());
+    EXPECT_TRUE(r.at("coverage").is_null());
+    EXPECT_TRUE(r.at("ref_rows").is_null());
+    return;
+  }
+  for (const char* k : kRowNumbers) EXPECT_TRUE(r.at(k).is_number()) << k;
+  EXPECT_TRUE(r.at("mem_allocs").is_number_integer());
+  EXPECT_TRUE(r.at("coverage").is_null() || r.at("coverage").is_number());
+  EXPECT_TRUE(r.at("ref_rows").is_string());
+  EXPECT_EQ(r["time_ms_reps"].size(), r["reps"].get<size_t>());
+  for (const auto& t : r["time_ms_reps"]) {
+    EXPECT_GE(t.get<double>(), r["time_ms_min"].get<double>());
+    EXPECT_LE(t.get<double>(), r["time_ms_max"].get<double>());
+  }
+  EXPECT_GT(r["time_ms_median"].get<double>(), 0);
+  EXPECT_LT(r["rel_err"].get<double>(), 1e-5);
+  EXPECT_GT(r["cosine"].get<double>(), 0.99999);
+}
+
+// A small sweep in-process: every field of results.json has its schema type, the CSV has one
+// line per row with the documented columns, and the memory budget skips with a note.
+TEST(SweepResults, JsonAndCsvFollowTheSchema) {
+  fs::path d = scratch("schema");
+  SweepConfig c = parse(
+      "variant = full\nvariant = full_materialized\nseq = 32,64,128\ndim = 16\nheads = 1\n"
+      "reps = 2\nmin_time = 0.001\nthreads = 1\nref_all_rows_max = 64\nref_sample = 16\n"
+      "max_memory_gib = 0.0000745\n");
+  attnbench::SweepOptions opt;
+  opt.out_dir = d.string();
+  opt.config_path = "t.ini";
+  attnbench::SweepResult res = attnbench::run_sweep(c, opt);
+  ASSERT_EQ(res.rows.size(), 6u);
+
+  std::ifstream jf(d / "results.json");
+  json j = json::parse(jf);
+  for (const char* k : {"cpu_model", "compiler", "onednn_version", "boost_version",
+                        "benchmark_version", "git_commit", "date_utc", "config", "command"})
+    EXPECT_TRUE(j["context"].at(k).is_string()) << k;
+  EXPECT_TRUE(j["context"].at("cores").is_number_integer());
+  EXPECT_EQ(j["context"].at("threads"), 1);
+  EXPECT_GT(j["context"].at("sgemm_ceiling_gflops").get<double>(), 0);
+  ASSERT_EQ(j["rows"].size(), 6u);
+  std::set<std::string> keys;
+  for (const auto& r : j["rows"]) check_row_schema(r), keys.insert(r["key"]);
+  EXPECT_EQ(keys.size(), 6u);
+  // full_materialized at n=128 needs ~112 KiB > the 78 KiB budget; n = 32, 64 fit.
+  const json& fm64 = j["rows"][4];
+  const json& fm128 = j["rows"][5];
+  EXPECT_EQ(fm64["spec"], "full_materialized");
+  EXPECT_EQ(fm64["status"], "ok");
+  EXPECT_EQ(fm128["n"], 128);
+  EXPECT_NE(fm128["status"].get<std::string>().find("max_memory_gib"), std::string::npos);
+  // Its n x n buffer goes through alloc_floats, so the hook sees exactly 4·n² bytes.
+  EXPECT_EQ(fm64["mem_peak_bytes"].get<double>(), 4.0 * 64 * 64);
+  EXPECT_EQ(fm64["extra_bytes"].get<double>(), 4.0 * 64 * 64);
+  EXPECT_EQ(j["rows"][0]["ref_rows"], "all");
+  EXPECT_EQ(j["rows"][2]["ref_rows"], "16 sampled");
+  // full has 3 n: one scaling entry with Google Benchmark's fit; full_materialized only 2.
+  ASSERT_EQ(j["scaling"].size(), 1u);
+  const json& s = j["scaling"][0];
+  EXPECT_EQ(s["spec"], "full");
+  for (const char* k : {"alpha", "alpha_ci_lo", "alpha_ci_hi", "gb_rms"})
+    EXPECT_TRUE(s.at(k).is_number()) << k;
+  EXPECT_TRUE(s.at("gb_big_o").is_string());
+  EXPECT_FALSE(s["gb_big_o"].get<std::string>().empty());
+  EXPECT_TRUE(s.at("crossover_n").is_null());
+  EXPECT_TRUE(s.at("crossover_note").is_string());
+
+  std::ifstream cf(d / "results.csv");
+  std::string header, line;
+  std::getline(cf, header);
+  EXPECT_EQ(header, attnbench::csv_header());
+  const size_t columns = std::count(header.begin(), header.end(), ',') + 1;
+  EXPECT_EQ(columns, 30u);
+  int lines = 0;
+  while (std::getline(cf, line)) {
+    ++lines;
+    EXPECT_EQ(size_t(std::count(line.begin(), line.end(), ',')) + 1, columns) << line;
+  }
+  EXPECT_EQ(lines, 6);
+}
+
+int run_shell(const std::string& cmd) {
+  return std::system(cmd.c_str());
+}
+
+size_t row_count(const fs::path& json_path) {
+  std::ifstream f(json_path);
+  if (!f) return 0;
+  try {
+    return json::parse(f)["rows"].size();
+  } catch (...) {
+    return 0;  // never expected: the file is replaced atomically
+  }
+}
+
+// The binary is killed with SIGKILL after some cases are written; --resume finishes the sweep
+// with exactly one row per case and leaves the rows that were already there untouched.
+TEST(SweepResume, KilledWithSigkillThenResumedHasOneRowPerCase) {
+  fs::path d = scratch("resume");
+  const fs::path cfg = d / "kill.ini", out = d / "out";
+  std::ofstream(cfg) << "variant = full\nvariant = full_materialized\nseq = 128,256,512,1024\n"
+                        "heads = 2\ndim = 32\nreps = 3\nmin_time = 0.05\nthreads = 1\n"
+                        "dist = gaussian\nseed = 0\nseed = 1\n";
+  const size_t cases = 16;
+  const std::string exe = ATTNBENCH_EXE;
+  ASSERT_EQ(run_shell(exe + " sweep " + cfg.string() + " --out " + out.string() +
+                      " --quiet >/dev/null 2>&1 & echo $! > " + (d / "pid").string()),
+            0);
+  pid_t pid = 0;
+  for (int i = 0; i < 100 && !pid; ++i) {
+    std::ifstream(d / "pid") >> pid;
+    if (!pid) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(pid, 0);
+  size_t before = 0;
+  for (int i = 0; i < 3000 && before < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    before = row_count(out / "results.json");
+  }
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  before = row_count(out / "results.json");
+  ASSERT_GE(before, 3u);
+  ASSERT_LT(before, cases) << "the sweep finished before it could be killed";
+  std::ifstream f0(out / "results.json");
+  const json first = json::parse(f0);
+
+  ASSERT_EQ(run_shell(exe + " sweep " + cfg.string() + " --out " + out.string() +
+                      " --resume --quiet >/dev/null 2>&1"),
+            0);
+  std::ifstream f1(out / "results.json");
+  const json done = json::parse(f1);
+  ASSERT_EQ(done["rows"].size(), cases);
+  std::set<std::string> keys;
+  for (const auto& r : done["rows"]) {
+    keys.insert(r["key"]);
+    EXPECT_EQ(r["status"], "ok") << r["key"];
+  }
+  EXPECT_EQ(keys.size(), cases);
+  // Rows written before the kill were kept as they were, not measured again.
+  for (const auto& r0 : first["rows"]) {
+    bool found = false;
+    for (const auto& r1 : done["rows"])
+      if (r1["key"] == r0["key"]) {
+        found = true;
+        EXPECT_EQ(r1["time_ms_reps"], r0["time_ms_reps"]);
+      }
+    EXPECT_TRUE(found) << r0["key"];
+  }
+  std::ifstream cf(out / "results.csv");
+  size_t lines = 0;
+  for (std::string l; std::getline(cf, l);) ++lines;
+  EXPECT_EQ(lines, cases + 1);
+}
+
+TEST(SweepCli, MalformedConfigExitsTwoWithOneLine) {
+  fs::path d = scratch("cli");
+  std::ofstream(d / "bad.ini") << "variant = full\nvariant = no_such_variant\nseq = 64\n";
+  const std::string cmd = std::string(ATTNBENCH_EXE) + " sweep " + (d / "bad.ini").string() +
+                          " --out " + (d / "o").string() + " > " + (d / "log").string() + " 2>&1";
+  const int status = std::system(cmd.c_str());
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  std::ifstream log(d / "log");
+  std::string all((std::istreambuf_iterator<char>(log)), {});
+  EXPECT_NE(all.find("no_such_variant"), std::string::npos) << all;
+  EXPECT_NE(all.find("bad.ini"), std::string::npos) << all;
+  EXPECT_EQ(std::count(all.begin(), all.end(), '\n'), 1) << all;
+  EXPECT_FALSE(fs::exists(d / "o" / "results.json"));
+}
+
+}  // namespace
+}  // namespace attn::test
