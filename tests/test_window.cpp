@@ -130,8 +130,12 @@ TEST(Window, RadiusZeroReturnsEachRowsValue) {
        {"sliding_window:radius=0", "sliding_window:radius=0,dilation=5", "longformer:radius=0",
         // A dilation beyond n leaves every row alone in its residue class.
         "sliding_window:radius=5,dilation=9000000000000000000"}) {
-    Tensor out = run_variant(spec, s, in);
-    for (int64_t e = 0; e < out.size(); ++e) ASSERT_FLOAT_EQ(out.data()[e], in.v.data()[e]) << spec;
+    for (bool causal : {false, true}) {  // causal radius 0 = a window of W = 1 token
+      s.causal = causal;
+      Tensor out = run_variant(spec, s, in);
+      for (int64_t e = 0; e < out.size(); ++e)
+        ASSERT_FLOAT_EQ(out.data()[e], in.v.data()[e]) << spec << " causal=" << causal;
+    }
   }
 }
 
@@ -204,6 +208,15 @@ TEST(Window, BitIdenticalForOneAndTwoThreads) {
       EXPECT_TRUE(bit_identical(one, two)) << spec;
     }
   }
+}
+
+TEST(Window, ListedWithTheirConventions) {
+  const std::string sw = find_variant("sliding_window").doc, lf = find_variant("longformer").doc;
+  EXPECT_NE(sw.find("attention_window = 2*radius"), std::string::npos) << sw;
+  EXPECT_NE(sw.find("radius = W - 1"), std::string::npos) << sw;
+  EXPECT_NE(lf.find("separate global projections"), std::string::npos) << lf;
+  EXPECT_EQ(make_attention("sliding_window")->params().at("radius"), "256");
+  EXPECT_EQ(make_attention("longformer:global_idx=9;2")->params().at("global_idx"), "2;9");
 }
 
 std::string usage_error(const std::string& spec, const Shape& s) {
