@@ -275,9 +275,8 @@ class Lsh final : public Attention {
     const double sides = cfg_.shared_qk ? 1 : 2;
     // perm + inv per side and round (kept for visited_keys), bucket ids, running lse, norms.
     double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
-    bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations
+    bytes += 2 * 4.0 * s.heads * r * s.dim * L.width;  // rotations, and joined for the GEMM
     const double c = double(cfg_.chunk), span = 1.0 + cfg_.before + cfg_.after;
-    bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations joined for one GEMM per head
     double per_thread = 4.0 * (L.buckets + 512.0 * r * L.width);  // counting sort, projections
     // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
     // block, outputs, lse, positions and the dedup table.
@@ -353,8 +352,9 @@ void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, c
   order.inv.resize(size_t(tasks * n));
 
   Stamp t0 = stamp();
-  // All rounds of a head in one GEMM: x · [R_0 | R_1 | …] of width rounds·W, so each row is
-  // read once and the product is wide enough for oneDNN to run near its peak.
+  // All rounds of a head in one GEMM, x · [R_0 | R_1 | …] of width rounds·W, so each row is
+  // read once. Inside the parallel region oneDNN runs single-threaded, so each block's
+  // projections are the same whatever the thread count.
   const int64_t RW = R * W;
   std::vector<float> joined(size_t(s.heads * D * RW));
   for (int64_t h = 0; h < s.heads; ++h)
