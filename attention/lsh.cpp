@@ -49,6 +49,7 @@ struct Layout {
   int64_t buckets = 0;           // total buckets per round: product of factors
   std::vector<int64_t> factors;  // each even; bucket = a1 + b1·a2 + b1·b2·a3 + …
   int64_t width = 0;             // rotation columns: Σ factors / 2
+  int64_t chunk = 0;             // c, or n when c > n
   int64_t padded = 0;            // n rounded up to a multiple of c
   int64_t chunks = 0;            // chunks per round: padded / c
 };
@@ -120,8 +121,11 @@ Layout make_layout(const Config& cfg, int64_t n) {
   }
   L.buckets = 1;
   for (int64_t f : L.factors) L.buckets *= f, L.width += f / 2;
-  L.padded = (n + cfg.chunk - 1) / cfg.chunk * cfg.chunk;
-  L.chunks = L.padded / cfg.chunk;
+  // A chunk longer than the sequence holds the same slots as one of length n (one chunk per
+  // round either way), so the shorter one is used and no buffer grows with c beyond n.
+  L.chunk = std::min(cfg.chunk, n);
+  L.padded = (n + L.chunk - 1) / L.chunk * L.chunk;
+  L.chunks = L.padded / L.chunk;
   return L;
 }
 
@@ -264,7 +268,15 @@ class Lsh final : public Attention {
   double flops(const Shape& s) const override {
     const Layout L = make_layout(cfg_, s.nq);
     const double n = double(s.nq), r = double(cfg_.rounds), D = double(s.dim);
-    const double attend = 4.0 * D * r * n * cfg_.chunk * (1 + cfg_.before + cfg_.after);
+    // Executed = model pairs (ALGORITHMS.md §7): r·n·c·(1+before+after) when c divides n; with
+    // a short last chunk, the real rows of every window.
+    const int64_t M = cfg_.rounds * L.chunks;
+    auto rows = [&](int64_t g) { return std::min(L.chunk, s.nq - (g % L.chunks) * L.chunk); };
+    double pairs = 0;
+    for (int64_t g = 0; g < M; ++g)
+      for (int64_t w = -cfg_.before; w <= cfg_.after; ++w)
+        pairs += double(rows(g)) * double(rows(((g + w) % M + M) % M));
+    const double attend = 4.0 * D * pairs;
     const double hash = 2.0 * r * n * D * L.width * (cfg_.shared_qk ? 1 : 2);
     return (attend + hash) * s.heads_total();
   }
@@ -276,7 +288,7 @@ class Lsh final : public Attention {
     // perm + inv per side and round (kept for visited_keys), bucket ids, running lse, norms.
     double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
     bytes += 2 * 4.0 * s.heads * r * s.dim * L.width;  // rotations, and joined for the GEMM
-    const double c = double(cfg_.chunk), span = 1.0 + cfg_.before + cfg_.after;
+    const double c = double(L.chunk), span = 1.0 + cfg_.before + cfg_.after;
     double per_thread = 4.0 * (L.buckets + 512.0 * r * L.width);  // counting sort, projections
     // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
     // block, outputs, lse, positions and the dedup table.
@@ -316,8 +328,8 @@ class Lsh final : public Attention {
   int64_t chunk_positions(const Layout& L, int64_t n, const int32_t* perm_head, int64_t g,
                           int32_t* pos) const {
     const int64_t round = g / L.chunks, j = g % L.chunks;
-    const int32_t* p = perm_head + round * L.padded + j * cfg_.chunk;
-    const int64_t real = std::min<int64_t>(cfg_.chunk, n - j * cfg_.chunk);
+    const int32_t* p = perm_head + round * L.padded + j * L.chunk;
+    const int64_t real = std::min<int64_t>(L.chunk, n - j * L.chunk);
     std::copy(p, p + real, pos);
     return real;
   }
@@ -497,7 +509,7 @@ struct ChunkScratch {
 void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
                         const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
                         const Order& ko, Tensor& out, Profile& prof) const {
-  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, c = cfg_.chunk;
+  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, c = L.chunk;
   const int64_t span = 1 + cfg_.before + cfg_.after;
   const int64_t total_chunks = R * L.chunks;  // of one head's concatenation
   const float scale = s.softmax_scale();
@@ -682,11 +694,11 @@ bool Lsh::visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i, VisitedK
   const int64_t total_chunks = R * L.chunks;
   const Order& ko = cfg_.shared_qk ? q_order_ : k_order_;
   const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
-  std::vector<int32_t> pos(size_t(cfg_.chunk));
+  std::vector<int32_t> pos(size_t(L.chunk));
   out.assign(size_t(R), {});
   for (int64_t round = 0; round < R; ++round) {
     const int64_t slot = q_order_.inv[size_t((bh * R + round) * n + i)];
-    const int64_t g = (round * L.padded + slot) / cfg_.chunk;
+    const int64_t g = (round * L.padded + slot) / L.chunk;
     auto& keys = out[size_t(round)];
     for (int64_t off = -cfg_.before; off <= cfg_.after; ++off) {
       const int64_t gg = ((g + off) % total_chunks + total_chunks) % total_chunks;
@@ -739,7 +751,8 @@ VariantInfo lsh_variant() {
       "key chunks i-before..i+after. Needs Nq = Nk. n not a multiple of c: each round is padded "
       "with masked slots. Rotations: DIR/rotations.npy, float32 [heads, rounds, D, Σ b_k/2] "
       "(columns of factor k follow those of factor k-1), shared by the batch. Cost per head: "
-      "4·D·r·n·c·(1+before+after) attention + 2·r·n·D·Σb_k/2 hashing FLOPs (both counted), O(r·n) "
+      "4·D·r·n·c·(1+before+after) attention (the real rows of every window when c does not "
+      "divide n) + 2·r·n·D·Σb_k/2 hashing FLOPs (both counted), O(r·n) "
       "counting sort; extra memory O(r·n) indices + per-thread chunk buffers.",
       {{"buckets", K::Text, "auto",
         "buckets per round: auto = 2·floor(n/2c) (lucidrains' n/c rule), hf = largest power of "

@@ -432,6 +432,14 @@ TEST(Lsh, BucketRulesAndCostFormulas) {
   EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=4,buckets=1024")->flops(s), 8 * per_head);
   EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=4,buckets=hf")->flops(s),
                    8 * (4.0 * 64 * 4 * 65536 * 64 * 2 + 2.0 * 4 * 65536 * 64 * 48));
+  // Short last chunk (n = 100, c = 64): every query's window holds both chunks, n² pairs; a
+  // chunk longer than n is one chunk per round, seen twice with before=1 (the window wraps).
+  Shape small{1, 1, 100, 100, 16};
+  const double hash = 2.0 * 100 * 16 * 1;
+  EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=1,buckets=2")->flops(small),
+                   4.0 * 16 * 100 * 100 + hash);
+  EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=1000,rounds=1,buckets=2")->flops(small),
+                   4.0 * 16 * 100 * 100 * 2 + hash);
   EXPECT_GT(lucid->extra_bytes(s), 4.0 * 8 * 4 * 65536 * 2);  // at least perm + inv per round
   EXPECT_LT(lucid->extra_bytes(s), 4.0 * 8 * 65536 * 64);     // far below one copy of q
 }
