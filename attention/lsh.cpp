@@ -293,7 +293,7 @@ class Lsh final : public Attention {
     // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
     // block, outputs, lse, positions and the dedup table.
     per_thread += 4.0 * (span + 1) * c * ((cfg_.shared_qk ? 3 : 2) * s.dim + 1 + r);
-    per_thread += 4.0 * c * (2.0 * s.dim + 2 + r * span);
+    per_thread += 4.0 * c * (2.0 * s.dim + 2 + 2 * r * span);
     per_thread += 4.0 * kernels::kQueryRows * (2.0 * s.dim + kernels::kKeyTile + 3);
     return bytes + per_thread * omp_get_max_threads();
   }
@@ -495,12 +495,13 @@ struct ChunkScratch {
         lse(size_t(c)),
         qpos(size_t(c)),
         qchunks(size_t(c * rounds * span)),
+        qrounds(size_t(c * rounds * span)),
         window(size_t(span)) {
     for (int64_t i = 0; i <= span; ++i) cache.emplace_back(c, D, shared, rounds);
   }
   FloatBuffer qw, ow;
   std::vector<float> lse;
-  std::vector<int32_t> qpos, qchunks;
+  std::vector<int32_t> qpos, qchunks, qrounds;
   std::vector<KeyChunk> cache;
   std::vector<KeyChunk*> window;
   int64_t clock = 0;
@@ -515,6 +516,8 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
   const float scale = s.softmax_scale();
   const bool shared = cfg_.shared_qk, causal = s.causal, dedup = cfg_.dedup;
   const int64_t dedup_len = R * span;
+  std::vector<float> log_count(size_t(dedup_len + 1));
+  for (int64_t m = 1; m <= dedup_len; ++m) log_count[size_t(m)] = std::log(float(m));
   // Heads processed together: enough chunks per round for both threads, while one head's
   // q, k, v and out stay as cache-resident as the length allows.
   const int64_t group = std::clamp<int64_t>(256 / L.chunks, 1, s.heads_total());
@@ -606,9 +609,12 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
           if (dedup)  // every chunk each query's windows cover, over all rounds
             for (int64_t i = 0; i < rows; ++i)
               for (int64_t rr = 0; rr < R; ++rr)
-                for (int64_t w = 0; w < span; ++w)
-                  sc.qchunks[i * dedup_len + rr * span + w] =
+                for (int64_t w = 0; w < span; ++w) {
+                  const int64_t e = i * dedup_len + rr * span + w;
+                  sc.qchunks[size_t(e)] =
                       int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
+                  sc.qrounds[size_t(e)] = sc.qchunks[size_t(e)] / int32_t(L.chunks);
+                }
           const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
           my[0] += t1 - t0;
 
@@ -616,6 +622,7 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
             const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
             const int32_t* qp = sc.qpos.data() + r0;
             const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
+            const int32_t* qr = sc.qrounds.data() + r0 * dedup_len;
             sm.begin(qrows + r0 * D, D, nr, scale);
             // One kernel call per key chunk, whether or not it came from the cache, so the
             // arithmetic never depends on the schedule.
@@ -645,12 +652,10 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
                       if (causal && kp[j] > qp[r]) return kHidden;
                       // Times key j is a candidate of query r over all rounds (>= 1).
                       int meets = 0;
-                      for (int64_t e = 0; e < dedup_len; ++e) {
-                        const int32_t gc = qc[r * dedup_len + e];
-                        meets += kch[j * R + gc / L.chunks] == gc;
-                      }
+                      for (int64_t e = r * dedup_len; e < (r + 1) * dedup_len; ++e)
+                        meets += kch[j * R + qr[e]] == qc[e];
                       const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-                      return self - std::log(float(meets));
+                      return self - log_count[size_t(meets)];
                     });
               }
             }
