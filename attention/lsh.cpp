@@ -518,9 +518,6 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
   const int64_t dedup_len = R * span;
   std::vector<float> log_count(size_t(dedup_len + 1));
   for (int64_t m = 1; m <= dedup_len; ++m) log_count[size_t(m)] = std::log(float(m));
-  // Heads processed together: enough chunks per round for both threads, while one head's
-  // q, k, v and out stay as cache-resident as the length allows.
-  const int64_t group = std::clamp<int64_t>(256 / L.chunks, 1, s.heads_total());
   std::vector<float> lse_run(size_t(s.heads_total() * n));
   auto wrap = [&](int64_t g) { return ((g % total_chunks) + total_chunks) % total_chunks; };
   // Global chunk of position `pos` in round `round` of the side `o`.
@@ -580,110 +577,117 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
     }
   };
 
-  std::vector<double> parts(size_t(3 * omp_get_max_threads()), 0.0);
+  // Computes chunk g (of round g / chunks) of head bh and folds it into the output.
+  auto process_chunk = [&](ChunkScratch& sc, OnlineSoftmax& sm, double* my, int64_t bh, int64_t g) {
+    const double t0 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+    const int64_t b = bh / s.heads, h = bh % s.heads, round = g / L.chunks;
+    load_window(sc, bh, g);
+    const int64_t rows =
+        chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
+    const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
+    if (!shared) {
+      const float* qh = q.head(b, h);
+      for (int64_t i = 0; i < rows; ++i) std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
+      qrows = sc.qw.data();
+    }
+    if (dedup)  // every chunk each query's windows cover, over all rounds
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t rr = 0; rr < R; ++rr)
+          for (int64_t w = 0; w < span; ++w) {
+            const int64_t e = i * dedup_len + rr * span + w;
+            sc.qchunks[size_t(e)] =
+                int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
+            sc.qrounds[size_t(e)] = sc.qchunks[size_t(e)] / int32_t(L.chunks);
+          }
+    const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+    my[0] += t1 - t0;
+
+    for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
+      const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
+      const int32_t* qp = sc.qpos.data() + r0;
+      const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
+      const int32_t* qr = sc.qrounds.data() + r0 * dedup_len;
+      sm.begin(qrows + r0 * D, D, nr, scale);
+      // One kernel call per key chunk, whether or not it came from the cache, so the
+      // arithmetic never depends on the schedule.
+      for (const KeyChunk* kc : sc.window) {
+        const int32_t* kp = kc->pos.data();
+        const int32_t* kch = kc->chunks.data();
+        // Shared, non-causal: the own chunk hides only its diagonal, and another chunk
+        // of the same round holds no query's position (a position occurs once per
+        // round), so it needs no mask at all.
+        const int64_t kg = kc->tag % total_chunks;
+        const bool same_round = kg / L.chunks == g / L.chunks;
+        if (!causal && !dedup && (!shared || (same_round && kg != g))) {
+          sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
+        } else if (!causal && !dedup && kg == g) {
+          sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
+                           [&](int64_t r, int64_t j) { return r0 + r == j ? kSelfPenalty : 0.0f; });
+        } else if (!dedup) {
+          sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
+            if (causal && kp[j] > qp[r]) return kHidden;
+            return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+          });
+        } else {
+          sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
+            if (causal && kp[j] > qp[r]) return kHidden;
+            // Times key j is a candidate of query r over all rounds (>= 1).
+            int meets = 0;
+            for (int64_t e = r * dedup_len; e < (r + 1) * dedup_len; ++e)
+              meets += kch[j * R + qr[e]] == qc[e];
+            const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+            return self - log_count[size_t(meets)];
+          });
+        }
+      }
+      sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
+    }
+    const double t2 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+    my[1] += t2 - t1;
+
+    // Streamed log-sum-exp combination: out stays the normalized mixture of the rounds
+    // so far; each position occurs once per round, so threads never share a row.
+    float* oh = out.head(b, h);
+    float* lr = lse_run.data() + bh * n;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t p = sc.qpos[i];
+      const float* o = sc.ow.data() + i * D;
+      float* dst = oh + p * D;
+      const float a = lr[p], l = sc.lse[i];
+      if (round == 0 || (a == kHidden && l != kHidden)) {
+        std::copy_n(o, D, dst), lr[p] = l;
+      } else if (l != kHidden) {
+        const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
+        const float inv = 1.0f / (wa + wl);
+        for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
+        lr[p] = m + std::log(wa + wl);
+      }
+    }
+    if (prof.on) my[2] += clock_seconds(CLOCK_THREAD_CPUTIME_ID) - t2;
+  };
+
+  const int threads = omp_get_max_threads();
+  std::vector<double> parts(size_t(3 * threads), 0.0);
+  // With enough heads, a task is a whole head: no barrier between rounds, and its chunks run in
+  // order through the cache. Otherwise the chunks of one round run in parallel, with a barrier
+  // per round. Either way every chunk is computed alike and every position's rounds are
+  // combined in round order, so the output has the same bits for any thread count.
+  const bool by_head = s.heads_total() >= 2 * threads;
 #pragma omp parallel
   {
     OnlineSoftmax sm(D);
     ChunkScratch sc(c, span, D, shared, R);
     double* my = parts.data() + 3 * omp_get_thread_num();
-    for (int64_t bh0 = 0; bh0 < s.heads_total(); bh0 += group) {
-      const int64_t heads = std::min(group, s.heads_total() - bh0);
-      const int64_t tasks = heads * L.chunks;
+    if (by_head) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t bh = 0; bh < s.heads_total(); ++bh)
+        for (int64_t g = 0; g < total_chunks; ++g) process_chunk(sc, sm, my, bh, g);
+    } else {
       for (int64_t round = 0; round < R; ++round) {
         // Blocks of consecutive chunks per thread, so neighbours come from the cache.
 #pragma omp for schedule(dynamic, 16)
-        for (int64_t t = 0; t < tasks; ++t) {
-          const double t0 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
-          const int64_t bh = bh0 + t / L.chunks, b = bh / s.heads, h = bh % s.heads;
-          const int64_t g = round * L.chunks + t % L.chunks;
-          load_window(sc, bh, g);
-          const int64_t rows =
-              chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
-          const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
-          if (!shared) {
-            const float* qh = q.head(b, h);
-            for (int64_t i = 0; i < rows; ++i)
-              std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
-            qrows = sc.qw.data();
-          }
-          if (dedup)  // every chunk each query's windows cover, over all rounds
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t rr = 0; rr < R; ++rr)
-                for (int64_t w = 0; w < span; ++w) {
-                  const int64_t e = i * dedup_len + rr * span + w;
-                  sc.qchunks[size_t(e)] =
-                      int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
-                  sc.qrounds[size_t(e)] = sc.qchunks[size_t(e)] / int32_t(L.chunks);
-                }
-          const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
-          my[0] += t1 - t0;
-
-          for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
-            const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
-            const int32_t* qp = sc.qpos.data() + r0;
-            const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
-            const int32_t* qr = sc.qrounds.data() + r0 * dedup_len;
-            sm.begin(qrows + r0 * D, D, nr, scale);
-            // One kernel call per key chunk, whether or not it came from the cache, so the
-            // arithmetic never depends on the schedule.
-            for (const KeyChunk* kc : sc.window) {
-              const int32_t* kp = kc->pos.data();
-              const int32_t* kch = kc->chunks.data();
-              // Shared, non-causal: the own chunk hides only its diagonal, and another chunk
-              // of the same round holds no query's position (a position occurs once per
-              // round), so it needs no mask at all.
-              const int64_t kg = kc->tag % total_chunks;
-              const bool same_round = kg / L.chunks == g / L.chunks;
-              if (!causal && !dedup && (!shared || (same_round && kg != g))) {
-                sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
-              } else if (!causal && !dedup && kg == g) {
-                sm.attend_masked(
-                    kc->k.data(), kc->v.data(), D, kc->count,
-                    [&](int64_t r, int64_t j) { return r0 + r == j ? kSelfPenalty : 0.0f; });
-              } else if (!dedup) {
-                sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
-                                 [&](int64_t r, int64_t j) {
-                                   if (causal && kp[j] > qp[r]) return kHidden;
-                                   return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-                                 });
-              } else {
-                sm.attend_masked(
-                    kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
-                      if (causal && kp[j] > qp[r]) return kHidden;
-                      // Times key j is a candidate of query r over all rounds (>= 1).
-                      int meets = 0;
-                      for (int64_t e = r * dedup_len; e < (r + 1) * dedup_len; ++e)
-                        meets += kch[j * R + qr[e]] == qc[e];
-                      const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-                      return self - log_count[size_t(meets)];
-                    });
-              }
-            }
-            sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
-          }
-          const double t2 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
-          my[1] += t2 - t1;
-
-          // Streamed log-sum-exp combination: out stays the normalized mixture of the rounds
-          // so far; each position occurs once per round, so threads never share a row.
-          float* oh = out.head(b, h);
-          float* lr = lse_run.data() + bh * n;
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t p = sc.qpos[i];
-            const float* o = sc.ow.data() + i * D;
-            float* dst = oh + p * D;
-            const float a = lr[p], l = sc.lse[i];
-            if (round == 0 || (a == kHidden && l != kHidden)) {
-              std::copy_n(o, D, dst), lr[p] = l;
-            } else if (l != kHidden) {
-              const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
-              const float inv = 1.0f / (wa + wl);
-              for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
-              lr[p] = m + std::log(wa + wl);
-            }
-          }
-          if (prof.on) my[2] += clock_seconds(CLOCK_THREAD_CPUTIME_ID) - t2;
-        }
+        for (int64_t t = 0; t < s.heads_total() * L.chunks; ++t)
+          process_chunk(sc, sm, my, t / L.chunks, round * L.chunks + t % L.chunks);
       }
     }
   }
