@@ -496,7 +496,8 @@ struct ChunkScratch {
         qpos(size_t(c)),
         qchunks(size_t(c * rounds * span)),
         qrounds(size_t(c * rounds * span)),
-        window(size_t(span)) {
+        window(size_t(span)),
+        missing(size_t(span)) {
     for (int64_t i = 0; i <= span; ++i) cache.emplace_back(c, D, shared, rounds);
   }
   FloatBuffer qw, ow;
@@ -504,6 +505,7 @@ struct ChunkScratch {
   std::vector<int32_t> qpos, qchunks, qrounds;
   std::vector<KeyChunk> cache;
   std::vector<KeyChunk*> window;
+  std::vector<int64_t> missing;  // window entries not in the cache
   int64_t clock = 0;
 };
 
@@ -552,7 +554,8 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
   // Points sc.window at the key chunks g−before … g+after, gathering the ones not cached.
   auto load_window = [&](ChunkScratch& sc, int64_t bh, int64_t g) {
     const int64_t clock = ++sc.clock;
-    std::vector<int64_t> missing;
+    std::vector<int64_t>& missing = sc.missing;
+    missing.clear();
     for (int64_t w = 0; w < span; ++w) {
       const int64_t tag = bh * total_chunks + wrap(g - cfg_.before + w);
       sc.window[size_t(w)] = nullptr;
