@@ -49,6 +49,7 @@ struct Layout {
   int64_t buckets = 0;           // total buckets per round: product of factors
   std::vector<int64_t> factors;  // each even; bucket = a1 + b1·a2 + b1·b2·a3 + …
   int64_t width = 0;             // rotation columns: Σ factors / 2
+  int64_t chunk = 0;             // c, or n when c > n
   int64_t padded = 0;            // n rounded up to a multiple of c
   int64_t chunks = 0;            // chunks per round: padded / c
 };
@@ -120,8 +121,11 @@ Layout make_layout(const Config& cfg, int64_t n) {
   }
   L.buckets = 1;
   for (int64_t f : L.factors) L.buckets *= f, L.width += f / 2;
-  L.padded = (n + cfg.chunk - 1) / cfg.chunk * cfg.chunk;
-  L.chunks = L.padded / cfg.chunk;
+  // A chunk longer than the sequence holds the same slots as one of length n (one chunk per
+  // round either way), so the shorter one is used and no buffer grows with c beyond n.
+  L.chunk = std::min(cfg.chunk, n);
+  L.padded = (n + L.chunk - 1) / L.chunk * L.chunk;
+  L.chunks = L.padded / L.chunk;
   return L;
 }
 
@@ -264,7 +268,15 @@ class Lsh final : public Attention {
   double flops(const Shape& s) const override {
     const Layout L = make_layout(cfg_, s.nq);
     const double n = double(s.nq), r = double(cfg_.rounds), D = double(s.dim);
-    const double attend = 4.0 * D * r * n * cfg_.chunk * (1 + cfg_.before + cfg_.after);
+    // Executed = model pairs (ALGORITHMS.md §7): r·n·c·(1+before+after) when c divides n; with
+    // a short last chunk, the real rows of every window.
+    const int64_t M = cfg_.rounds * L.chunks;
+    auto rows = [&](int64_t g) { return std::min(L.chunk, s.nq - (g % L.chunks) * L.chunk); };
+    double pairs = 0;
+    for (int64_t g = 0; g < M; ++g)
+      for (int64_t w = -cfg_.before; w <= cfg_.after; ++w)
+        pairs += double(rows(g)) * double(rows(((g + w) % M + M) % M));
+    const double attend = 4.0 * D * pairs;
     const double hash = 2.0 * r * n * D * L.width * (cfg_.shared_qk ? 1 : 2);
     return (attend + hash) * s.heads_total();
   }
@@ -275,14 +287,13 @@ class Lsh final : public Attention {
     const double sides = cfg_.shared_qk ? 1 : 2;
     // perm + inv per side and round (kept for visited_keys), bucket ids, running lse, norms.
     double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
-    bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations
-    const double c = double(cfg_.chunk), span = 1.0 + cfg_.before + cfg_.after;
-    bytes += 4.0 * s.heads * r * s.dim * L.width;  // rotations joined for one GEMM per head
+    bytes += 2 * 4.0 * s.heads * r * s.dim * L.width;  // rotations, and joined for the GEMM
+    const double c = double(L.chunk), span = 1.0 + cfg_.before + cfg_.after;
     double per_thread = 4.0 * (L.buckets + 512.0 * r * L.width);  // counting sort, projections
     // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
     // block, outputs, lse, positions and the dedup table.
     per_thread += 4.0 * (span + 1) * c * ((cfg_.shared_qk ? 3 : 2) * s.dim + 1 + r);
-    per_thread += 4.0 * c * (2.0 * s.dim + 2 + r * span);
+    per_thread += 4.0 * c * (2.0 * s.dim + 2 + 2 * r * span);
     per_thread += 4.0 * kernels::kQueryRows * (2.0 * s.dim + kernels::kKeyTile + 3);
     return bytes + per_thread * omp_get_max_threads();
   }
@@ -317,8 +328,8 @@ class Lsh final : public Attention {
   int64_t chunk_positions(const Layout& L, int64_t n, const int32_t* perm_head, int64_t g,
                           int32_t* pos) const {
     const int64_t round = g / L.chunks, j = g % L.chunks;
-    const int32_t* p = perm_head + round * L.padded + j * cfg_.chunk;
-    const int64_t real = std::min<int64_t>(cfg_.chunk, n - j * cfg_.chunk);
+    const int32_t* p = perm_head + round * L.padded + j * L.chunk;
+    const int64_t real = std::min<int64_t>(L.chunk, n - j * L.chunk);
     std::copy(p, p + real, pos);
     return real;
   }
@@ -353,8 +364,9 @@ void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, c
   order.inv.resize(size_t(tasks * n));
 
   Stamp t0 = stamp();
-  // All rounds of a head in one GEMM: x · [R_0 | R_1 | …] of width rounds·W, so each row is
-  // read once and the product is wide enough for oneDNN to run near its peak.
+  // All rounds of a head in one GEMM, x · [R_0 | R_1 | …] of width rounds·W, so each row is
+  // read once. Inside the parallel region oneDNN runs single-threaded, so each block's
+  // projections are the same whatever the thread count.
   const int64_t RW = R * W;
   std::vector<float> joined(size_t(s.heads * D * RW));
   for (int64_t h = 0; h < s.heads; ++h)
@@ -483,29 +495,31 @@ struct ChunkScratch {
         lse(size_t(c)),
         qpos(size_t(c)),
         qchunks(size_t(c * rounds * span)),
-        window(size_t(span)) {
+        qrounds(size_t(c * rounds * span)),
+        window(size_t(span)),
+        missing(size_t(span)) {
     for (int64_t i = 0; i <= span; ++i) cache.emplace_back(c, D, shared, rounds);
   }
   FloatBuffer qw, ow;
   std::vector<float> lse;
-  std::vector<int32_t> qpos, qchunks;
+  std::vector<int32_t> qpos, qchunks, qrounds;
   std::vector<KeyChunk> cache;
   std::vector<KeyChunk*> window;
+  std::vector<int64_t> missing;  // window entries not in the cache
   int64_t clock = 0;
 };
 
 void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
                         const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
                         const Order& ko, Tensor& out, Profile& prof) const {
-  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, c = cfg_.chunk;
+  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds, c = L.chunk;
   const int64_t span = 1 + cfg_.before + cfg_.after;
   const int64_t total_chunks = R * L.chunks;  // of one head's concatenation
   const float scale = s.softmax_scale();
   const bool shared = cfg_.shared_qk, causal = s.causal, dedup = cfg_.dedup;
   const int64_t dedup_len = R * span;
-  // Heads processed together: enough chunks per round for both threads, while one head's
-  // q, k, v and out stay as cache-resident as the length allows.
-  const int64_t group = std::clamp<int64_t>(256 / L.chunks, 1, s.heads_total());
+  std::vector<float> log_count(size_t(dedup_len + 1));
+  for (int64_t m = 1; m <= dedup_len; ++m) log_count[size_t(m)] = std::log(float(m));
   std::vector<float> lse_run(size_t(s.heads_total() * n));
   auto wrap = [&](int64_t g) { return ((g % total_chunks) + total_chunks) % total_chunks; };
   // Global chunk of position `pos` in round `round` of the side `o`.
@@ -540,7 +554,8 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
   // Points sc.window at the key chunks g−before … g+after, gathering the ones not cached.
   auto load_window = [&](ChunkScratch& sc, int64_t bh, int64_t g) {
     const int64_t clock = ++sc.clock;
-    std::vector<int64_t> missing;
+    std::vector<int64_t>& missing = sc.missing;
+    missing.clear();
     for (int64_t w = 0; w < span; ++w) {
       const int64_t tag = bh * total_chunks + wrap(g - cfg_.before + w);
       sc.window[size_t(w)] = nullptr;
@@ -565,108 +580,117 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
     }
   };
 
-  std::vector<double> parts(size_t(3 * omp_get_max_threads()), 0.0);
+  // Computes chunk g (of round g / chunks) of head bh and folds it into the output.
+  auto process_chunk = [&](ChunkScratch& sc, OnlineSoftmax& sm, double* my, int64_t bh, int64_t g) {
+    const double t0 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+    const int64_t b = bh / s.heads, h = bh % s.heads, round = g / L.chunks;
+    load_window(sc, bh, g);
+    const int64_t rows =
+        chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
+    const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
+    if (!shared) {
+      const float* qh = q.head(b, h);
+      for (int64_t i = 0; i < rows; ++i) std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
+      qrows = sc.qw.data();
+    }
+    if (dedup)  // every chunk each query's windows cover, over all rounds
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t rr = 0; rr < R; ++rr)
+          for (int64_t w = 0; w < span; ++w) {
+            const int64_t e = i * dedup_len + rr * span + w;
+            sc.qchunks[size_t(e)] =
+                int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
+            sc.qrounds[size_t(e)] = sc.qchunks[size_t(e)] / int32_t(L.chunks);
+          }
+    const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+    my[0] += t1 - t0;
+
+    for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
+      const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
+      const int32_t* qp = sc.qpos.data() + r0;
+      const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
+      const int32_t* qr = sc.qrounds.data() + r0 * dedup_len;
+      sm.begin(qrows + r0 * D, D, nr, scale);
+      // One kernel call per key chunk, whether or not it came from the cache, so the
+      // arithmetic never depends on the schedule.
+      for (const KeyChunk* kc : sc.window) {
+        const int32_t* kp = kc->pos.data();
+        const int32_t* kch = kc->chunks.data();
+        // Shared, non-causal: the own chunk hides only its diagonal, and another chunk
+        // of the same round holds no query's position (a position occurs once per
+        // round), so it needs no mask at all.
+        const int64_t kg = kc->tag % total_chunks;
+        const bool same_round = kg / L.chunks == g / L.chunks;
+        if (!causal && !dedup && (!shared || (same_round && kg != g))) {
+          sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
+        } else if (!causal && !dedup && kg == g) {
+          sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
+                           [&](int64_t r, int64_t j) { return r0 + r == j ? kSelfPenalty : 0.0f; });
+        } else if (!dedup) {
+          sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
+            if (causal && kp[j] > qp[r]) return kHidden;
+            return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+          });
+        } else {
+          sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
+            if (causal && kp[j] > qp[r]) return kHidden;
+            // Times key j is a candidate of query r over all rounds (>= 1).
+            int meets = 0;
+            for (int64_t e = r * dedup_len; e < (r + 1) * dedup_len; ++e)
+              meets += kch[j * R + qr[e]] == qc[e];
+            const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
+            return self - log_count[size_t(meets)];
+          });
+        }
+      }
+      sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
+    }
+    const double t2 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
+    my[1] += t2 - t1;
+
+    // Streamed log-sum-exp combination: out stays the normalized mixture of the rounds
+    // so far; each position occurs once per round, so threads never share a row.
+    float* oh = out.head(b, h);
+    float* lr = lse_run.data() + bh * n;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t p = sc.qpos[i];
+      const float* o = sc.ow.data() + i * D;
+      float* dst = oh + p * D;
+      const float a = lr[p], l = sc.lse[i];
+      if (round == 0 || (a == kHidden && l != kHidden)) {
+        std::copy_n(o, D, dst), lr[p] = l;
+      } else if (l != kHidden) {
+        const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
+        const float inv = 1.0f / (wa + wl);
+        for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
+        lr[p] = m + std::log(wa + wl);
+      }
+    }
+    if (prof.on) my[2] += clock_seconds(CLOCK_THREAD_CPUTIME_ID) - t2;
+  };
+
+  const int threads = omp_get_max_threads();
+  std::vector<double> parts(size_t(3 * threads), 0.0);
+  // With enough heads, a task is a whole head: no barrier between rounds, and its chunks run in
+  // order through the cache. Otherwise the chunks of one round run in parallel, with a barrier
+  // per round. Either way every chunk is computed alike and every position's rounds are
+  // combined in round order, so the output has the same bits for any thread count.
+  const bool by_head = s.heads_total() >= 2 * threads;
 #pragma omp parallel
   {
     OnlineSoftmax sm(D);
     ChunkScratch sc(c, span, D, shared, R);
     double* my = parts.data() + 3 * omp_get_thread_num();
-    for (int64_t bh0 = 0; bh0 < s.heads_total(); bh0 += group) {
-      const int64_t heads = std::min(group, s.heads_total() - bh0);
-      const int64_t tasks = heads * L.chunks;
+    if (by_head) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t bh = 0; bh < s.heads_total(); ++bh)
+        for (int64_t g = 0; g < total_chunks; ++g) process_chunk(sc, sm, my, bh, g);
+    } else {
       for (int64_t round = 0; round < R; ++round) {
         // Blocks of consecutive chunks per thread, so neighbours come from the cache.
 #pragma omp for schedule(dynamic, 16)
-        for (int64_t t = 0; t < tasks; ++t) {
-          const double t0 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
-          const int64_t bh = bh0 + t / L.chunks, b = bh / s.heads, h = bh % s.heads;
-          const int64_t g = round * L.chunks + t % L.chunks;
-          load_window(sc, bh, g);
-          const int64_t rows =
-              chunk_positions(L, n, qo.perm.data() + bh * R * L.padded, g, sc.qpos.data());
-          const float* qrows = sc.window[size_t(cfg_.before)]->q.data();
-          if (!shared) {
-            const float* qh = q.head(b, h);
-            for (int64_t i = 0; i < rows; ++i)
-              std::copy_n(qh + sc.qpos[i] * D, D, sc.qw.data() + i * D);
-            qrows = sc.qw.data();
-          }
-          if (dedup)  // every chunk each query's windows cover, over all rounds
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t rr = 0; rr < R; ++rr)
-                for (int64_t w = 0; w < span; ++w)
-                  sc.qchunks[i * dedup_len + rr * span + w] =
-                      int32_t(wrap(chunk_of(qo, bh, rr, sc.qpos[i]) - cfg_.before + w));
-          const double t1 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
-          my[0] += t1 - t0;
-
-          for (int64_t r0 = 0; r0 < rows; r0 += kernels::kQueryRows) {
-            const int64_t nr = std::min(kernels::kQueryRows, rows - r0);
-            const int32_t* qp = sc.qpos.data() + r0;
-            const int32_t* qc = sc.qchunks.data() + r0 * dedup_len;
-            sm.begin(qrows + r0 * D, D, nr, scale);
-            // One kernel call per key chunk, whether or not it came from the cache, so the
-            // arithmetic never depends on the schedule.
-            for (const KeyChunk* kc : sc.window) {
-              const int32_t* kp = kc->pos.data();
-              const int32_t* kch = kc->chunks.data();
-              // Shared, non-causal: the own chunk hides only its diagonal, and another chunk
-              // of the same round holds no query's position (a position occurs once per
-              // round), so it needs no mask at all.
-              const int64_t kg = kc->tag % total_chunks;
-              const bool same_round = kg / L.chunks == g / L.chunks;
-              if (!causal && !dedup && (!shared || (same_round && kg != g))) {
-                sm.attend(kc->k.data(), kc->v.data(), D, kc->count);
-              } else if (!causal && !dedup && kg == g) {
-                sm.attend_masked(
-                    kc->k.data(), kc->v.data(), D, kc->count,
-                    [&](int64_t r, int64_t j) { return r0 + r == j ? kSelfPenalty : 0.0f; });
-              } else if (!dedup) {
-                sm.attend_masked(kc->k.data(), kc->v.data(), D, kc->count,
-                                 [&](int64_t r, int64_t j) {
-                                   if (causal && kp[j] > qp[r]) return kHidden;
-                                   return shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-                                 });
-              } else {
-                sm.attend_masked(
-                    kc->k.data(), kc->v.data(), D, kc->count, [&](int64_t r, int64_t j) {
-                      if (causal && kp[j] > qp[r]) return kHidden;
-                      // Times key j is a candidate of query r over all rounds (>= 1).
-                      int meets = 0;
-                      for (int64_t e = 0; e < dedup_len; ++e) {
-                        const int32_t gc = qc[r * dedup_len + e];
-                        meets += kch[j * R + gc / L.chunks] == gc;
-                      }
-                      const float self = shared && kp[j] == qp[r] ? kSelfPenalty : 0.0f;
-                      return self - std::log(float(meets));
-                    });
-              }
-            }
-            sm.finish(sc.ow.data() + r0 * D, D, sc.lse.data() + r0);
-          }
-          const double t2 = prof.on ? clock_seconds(CLOCK_THREAD_CPUTIME_ID) : 0;
-          my[1] += t2 - t1;
-
-          // Streamed log-sum-exp combination: out stays the normalized mixture of the rounds
-          // so far; each position occurs once per round, so threads never share a row.
-          float* oh = out.head(b, h);
-          float* lr = lse_run.data() + bh * n;
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t p = sc.qpos[i];
-            const float* o = sc.ow.data() + i * D;
-            float* dst = oh + p * D;
-            const float a = lr[p], l = sc.lse[i];
-            if (round == 0 || (a == kHidden && l != kHidden)) {
-              std::copy_n(o, D, dst), lr[p] = l;
-            } else if (l != kHidden) {
-              const float m = std::max(a, l), wa = std::exp(a - m), wl = std::exp(l - m);
-              const float inv = 1.0f / (wa + wl);
-              for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * o[d]) * inv;
-              lr[p] = m + std::log(wa + wl);
-            }
-          }
-          if (prof.on) my[2] += clock_seconds(CLOCK_THREAD_CPUTIME_ID) - t2;
-        }
+        for (int64_t t = 0; t < s.heads_total() * L.chunks; ++t)
+          process_chunk(sc, sm, my, t / L.chunks, round * L.chunks + t % L.chunks);
       }
     }
   }
@@ -682,11 +706,11 @@ bool Lsh::visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i, VisitedK
   const int64_t total_chunks = R * L.chunks;
   const Order& ko = cfg_.shared_qk ? q_order_ : k_order_;
   const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
-  std::vector<int32_t> pos(size_t(cfg_.chunk));
+  std::vector<int32_t> pos(size_t(L.chunk));
   out.assign(size_t(R), {});
   for (int64_t round = 0; round < R; ++round) {
     const int64_t slot = q_order_.inv[size_t((bh * R + round) * n + i)];
-    const int64_t g = (round * L.padded + slot) / cfg_.chunk;
+    const int64_t g = (round * L.padded + slot) / L.chunk;
     auto& keys = out[size_t(round)];
     for (int64_t off = -cfg_.before; off <= cfg_.after; ++off) {
       const int64_t gg = ((g + off) % total_chunks + total_chunks) % total_chunks;
@@ -739,7 +763,8 @@ VariantInfo lsh_variant() {
       "key chunks i-before..i+after. Needs Nq = Nk. n not a multiple of c: each round is padded "
       "with masked slots. Rotations: DIR/rotations.npy, float32 [heads, rounds, D, Σ b_k/2] "
       "(columns of factor k follow those of factor k-1), shared by the batch. Cost per head: "
-      "4·D·r·n·c·(1+before+after) attention + 2·r·n·D·Σb_k/2 hashing FLOPs (both counted), O(r·n) "
+      "4·D·r·n·c·(1+before+after) attention (the real rows of every window when c does not "
+      "divide n) + 2·r·n·D·Σb_k/2 hashing FLOPs (both counted), O(r·n) "
       "counting sort; extra memory O(r·n) indices + per-thread chunk buffers.",
       {{"buckets", K::Text, "auto",
         "buckets per round: auto = 2·floor(n/2c) (lucidrains' n/c rule), hf = largest power of "

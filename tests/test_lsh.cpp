@@ -361,12 +361,16 @@ TEST(Lsh, BitIdenticalForOneAndTwoThreads) {
   for (const char* spec : {"lsh:chunk=16,rounds=3", "lsh:chunk=20,rounds=2,dedup=true,after=1",
                            "lsh:chunk=16,rounds=2,shared_qk=false"})
     for (bool causal : {false, true}) {
-      Shape s{2, 3, 333, 333, 32, causal};
-      auto in = random_inputs(s, 5);
-      Tensor one = with_threads(1, [&] { return run_variant(spec, s, in); });
-      Tensor two = with_threads(2, [&] { return run_variant(spec, s, in); });
-      EXPECT_TRUE(bit_identical(one, two)) << spec;
-      EXPECT_TRUE(all_finite(one)) << spec;
+      // 6 heads run a whole head per task, 2 heads run the chunks of each round in parallel
+      // with 2 threads (and a head per task with 1): both must give the same bits.
+      for (int64_t heads : {3, 1}) {
+        Shape s{2, heads, 333, 333, 32, causal};
+        auto in = random_inputs(s, 5);
+        Tensor one = with_threads(1, [&] { return run_variant(spec, s, in); });
+        Tensor two = with_threads(2, [&] { return run_variant(spec, s, in); });
+        EXPECT_TRUE(bit_identical(one, two)) << spec;
+        EXPECT_TRUE(all_finite(one)) << spec;
+      }
     }
 }
 
@@ -432,6 +436,14 @@ TEST(Lsh, BucketRulesAndCostFormulas) {
   EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=4,buckets=1024")->flops(s), 8 * per_head);
   EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=4,buckets=hf")->flops(s),
                    8 * (4.0 * 64 * 4 * 65536 * 64 * 2 + 2.0 * 4 * 65536 * 64 * 48));
+  // Short last chunk (n = 100, c = 64): every query's window holds both chunks, n² pairs; a
+  // chunk longer than n is one chunk per round, seen twice with before=1 (the window wraps).
+  Shape small{1, 1, 100, 100, 16};
+  const double hash = 2.0 * 100 * 16 * 1;
+  EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=64,rounds=1,buckets=2")->flops(small),
+                   4.0 * 16 * 100 * 100 + hash);
+  EXPECT_DOUBLE_EQ(make_attention("lsh:chunk=1000,rounds=1,buckets=2")->flops(small),
+                   4.0 * 16 * 100 * 100 * 2 + hash);
   EXPECT_GT(lucid->extra_bytes(s), 4.0 * 8 * 4 * 65536 * 2);  // at least perm + inv per round
   EXPECT_LT(lucid->extra_bytes(s), 4.0 * 8 * 65536 * 64);     // far below one copy of q
 }
