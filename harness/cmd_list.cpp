@@ -3,6 +3,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "attention/positional/positional.h"
 #include "attention/registry.h"
 #include "harness/cli.h"
 #include "harness/inputs.h"
@@ -54,6 +55,7 @@ int cmd_list(const Args& args) {
   if (vm.count("help")) return std::cout << opts << "\n", 0;
   print_variants();
   print_distributions();
+  std::cout << "\n" << attn::positional::describe_kinds();
   return 0;
 }
 
