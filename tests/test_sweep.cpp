@@ -128,6 +128,43 @@ TEST(SweepConfig, UnknownVariantsAndBadSpecsAreRejectedUpFront) {
   EXPECT_NO_THROW(attnbench::validate_config(parse("variant = full\nseq = 64\n")));
 }
 
+// The shipped configs parse and cover what their headers promise; their specs are validated
+// when every variant they name is registered (sliding_window, longformer, lsh and performer
+// land from other branches).
+TEST(SweepConfig, ShippedConfigsParse) {
+  const std::string dir = std::string(ATTN_SOURCE_DIR) + "/configs/";
+  auto pow2 = [](int64_t lo, int64_t hi) {
+    std::vector<int64_t> v;
+    for (int64_t n = lo; n <= hi; n *= 2) v.push_back(n);
+    return v;
+  };
+  for (const std::string name : {"default", "scaling", "accuracy", "quick"}) {
+    SweepConfig c = attnbench::load_sweep_config(dir + name + ".ini");
+    EXPECT_FALSE(c.variants.empty()) << name;
+    bool all_registered = true;
+    for (const auto& spec : c.variants) {
+      const std::string v = spec.substr(0, spec.find(':'));
+      all_registered &= std::any_of(variants().begin(), variants().end(),
+                                    [&](const VariantInfo& i) { return i.name == v; });
+    }
+    if (all_registered) {
+      EXPECT_NO_THROW(attnbench::validate_config(c)) << name;
+    }
+  }
+  SweepConfig d = attnbench::load_sweep_config(dir + "default.ini");
+  EXPECT_EQ(d.seqs, pow2(512, 16384));
+  for (const VariantInfo& v : variants()) {
+    if (v.name == "reference") continue;
+    EXPECT_TRUE(
+        std::any_of(d.variants.begin(), d.variants.end(),
+                    [&](const std::string& s) { return s.substr(0, s.find(':')) == v.name; }))
+        << "default.ini misses registered variant " << v.name;
+  }
+  EXPECT_EQ(attnbench::load_sweep_config(dir + "scaling.ini").seqs, pow2(512, 65536));
+  EXPECT_EQ(attnbench::load_sweep_config(dir + "accuracy.ini").dists.size(), 4u);
+  EXPECT_THROW(attnbench::load_sweep_config(dir + "no_such.ini"), UsageError);
+}
+
 // t = c·n^2 with 5% multiplicative noise: alpha close to 2 and its 95% CI covering 2.
 TEST(Scaling, RecoversQuadraticExponentWithCi) {
   std::mt19937_64 rng(3);
