@@ -319,7 +319,7 @@ class Sweep {
       run_group(i, j);
       i = j;
     }
-    if (opt_.progress) std::fprintf(stderr, "\n");
+    if (opt_.progress) std::fprintf(stderr, "\r\033[K");  // the table stays, the progress goes
     write();
     return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_)};
   }
