@@ -318,6 +318,28 @@ TEST(SweepResults, JsonAndCsvFollowTheSchema) {
   EXPECT_EQ(lines, 6);
 }
 
+// What --resume reads back is what was written, including a NaN error (JSON null).
+TEST(SweepResults, RowsRoundTripThroughJson) {
+  attnbench::Row r;
+  r.key = "k", r.variant = "full", r.spec = "full", r.n = 64, r.dim = 16, r.seed = 3;
+  r.threads = 2, r.reps = 2, r.time_ms_reps = {1.5, 2.5}, r.time_ms_median = 2;
+  r.time_ms_min = 1.5, r.time_ms_max = 2.5, r.time_cv = 0.35, r.mem_peak_bytes = 4096;
+  r.mem_allocs = 7, r.extra_bytes = 4000, r.rel_err = std::nan(""), r.coverage = 0.25;
+  r.ref_rows = "all";
+  attnbench::Row back = attnbench::row_from_json(json::parse(attnbench::to_json(r).dump()));
+  EXPECT_TRUE(std::isnan(back.rel_err));
+  EXPECT_EQ(back.time_ms_reps, r.time_ms_reps);
+  EXPECT_EQ(back.mem_allocs, 7);
+  EXPECT_EQ(back.coverage, 0.25);
+  EXPECT_EQ(back.seed, 3u);
+  EXPECT_EQ(attnbench::csv_line(back), attnbench::csv_line(r));
+  r.status = "skipped: estimated memory 2 GiB > max_memory_gib=1";
+  back = attnbench::row_from_json(json::parse(attnbench::to_json(r).dump()));
+  EXPECT_EQ(back.status, r.status);
+  EXPECT_TRUE(back.time_ms_reps.empty());
+  EXPECT_THROW(attnbench::row_from_json(json::parse(R"({"key": "k"})")), RuntimeError);
+}
+
 int run_shell(const std::string& cmd) {
   return std::system(cmd.c_str());
 }
