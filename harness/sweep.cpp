@@ -321,7 +321,7 @@ class Sweep {
     }
     if (opt_.progress) std::fprintf(stderr, "\r\033[K");  // the table stays, the progress goes
     write();
-    return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_)};
+    return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_), references_computed_};
   }
 
  private:
@@ -393,6 +393,7 @@ class Sweep {
   const ReferenceSample& reference(const Case& c) {
     auto it = refs_.find(c.input_key());
     if (it != refs_.end()) return it->second;
+    ++references_computed_;
     return refs_
         .emplace(c.input_key(), compute_reference(c.shape, in_->q, in_->k, in_->v,
                                                   cfg_.ref_all_rows_max, cfg_.ref_sample, c.seed))
@@ -467,7 +468,7 @@ class Sweep {
   std::map<std::string, ReferenceSample> refs_;
   RunContext ctx_;
   Clock::time_point start_, case_start_;
-  size_t todo_ = 0, finished_ = 0;
+  size_t todo_ = 0, finished_ = 0, references_computed_ = 0;
   double slowest_in_group_ = 0;
   const Case* cur_ = nullptr;
   std::unique_ptr<attn::Attention> attn_;

@@ -268,6 +268,8 @@ TEST(SweepResults, JsonAndCsvFollowTheSchema) {
   opt.config_path = "t.ini";
   attnbench::SweepResult res = attnbench::run_sweep(c, opt);
   ASSERT_EQ(res.rows.size(), 6u);
+  // One fp64 reference per input (n = 32, 64, 128), shared by both variants.
+  EXPECT_EQ(res.references_computed, 3u);
 
   std::ifstream jf(d / "results.json");
   json j = json::parse(jf);
