@@ -367,7 +367,7 @@ class Sweep {
     const double need = estimated_bytes(c, *attn_, ref_rows);
     const double gib = double(1ull << 30);
     if (cfg_.max_seconds > 0 && slowest_in_group_ > cfg_.max_seconds) {
-      skip_ = "a smaller n of this variant took " + fmt("%.1f", slowest_in_group_) +
+      skip_ = "an earlier case of this variant took " + fmt("%.1f", slowest_in_group_) +
               " s > max_seconds=" + fmt("%g", cfg_.max_seconds);
       return false;
     }
