@@ -10,6 +10,28 @@
 
 namespace attnbench {
 
+namespace {
+
+const char* kConfigKeys =
+    R"(config keys (INI, '#' comments; repeatable keys may be given several times):
+  variant = SPEC         variant spec, repeatable (attnbench list)
+  seq = 512,1024,...     sequence lengths
+  dim, heads, batch      D (64), H (8), B (1)
+  causal = true|false    causal mask (false)
+  dist = NAME            input distribution, repeatable (gaussian)
+  seed = N               input seed, repeatable (0)
+  posenc = SPEC          positional encoding added to q and k (none)
+  threads = N            OpenMP threads, 0 = all cores (0)
+  reps = N               Google Benchmark repetitions (5)
+  min_time = S           minimum seconds per repetition (0.05)
+  max_seconds = S        once a case takes longer, skip the variant's larger n (0 = no limit)
+  max_memory_gib = G     skip cases whose estimated memory exceeds G GiB (0 = available memory)
+  ref_sample = N         reference rows sampled when Nq > ref_all_rows_max (256)
+  ref_all_rows_max = N   exact reference over every row up to this Nq (4096)
+)";
+
+}  // namespace
+
 int cmd_sweep(const Args& args) {
   namespace po = boost::program_options;
   std::string config, out;
@@ -24,7 +46,7 @@ int cmd_sweep(const Args& args) {
   pos.add("config", 1);
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).positional(pos).run(), vm);
-  if (vm.count("help")) return std::cout << opts << "\n", 0;
+  if (vm.count("help")) return std::cout << opts << "\n" << kConfigKeys, 0;
   po::notify(vm);
 
   const SweepConfig cfg = load_sweep_config(config);

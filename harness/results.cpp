@@ -8,6 +8,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -68,8 +69,11 @@ json number_or_null(bool ok, double v) {
   return ok ? json(v) : json(nullptr);
 }
 
+// JSON has no NaN: nlohmann writes it as null, so a null metric of an ok row reads back as NaN
+// (a resumed sweep must not turn a NaN error into 0).
 double get_number(const json& j, const char* key) {
-  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>()
+                                               : std::numeric_limits<double>::quiet_NaN();
 }
 
 std::string num(double v) {
@@ -160,7 +164,9 @@ Row row_from_json(const json& j) {
     r.gflops = get_number(j, "gflops");
     r.pct_ceiling = get_number(j, "pct_ceiling");
     r.mem_peak_bytes = get_number(j, "mem_peak_bytes");
-    r.mem_allocs = int64_t(get_number(j, "mem_allocs"));
+    r.mem_allocs = j.contains("mem_allocs") && j["mem_allocs"].is_number_integer()
+                       ? j["mem_allocs"].get<int64_t>()
+                       : 0;
     r.extra_bytes = get_number(j, "extra_bytes");
     r.rss_peak_bytes = get_number(j, "rss_peak_bytes");
     r.rel_err = get_number(j, "rel_err");

@@ -319,9 +319,9 @@ class Sweep {
       run_group(i, j);
       i = j;
     }
-    if (opt_.progress) std::fprintf(stderr, "\n");
+    if (opt_.progress) std::fprintf(stderr, "\r\033[K");  // the table stays, the progress goes
     write();
-    return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_)};
+    return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_), references_computed_};
   }
 
  private:
@@ -367,7 +367,7 @@ class Sweep {
     const double need = estimated_bytes(c, *attn_, ref_rows);
     const double gib = double(1ull << 30);
     if (cfg_.max_seconds > 0 && slowest_in_group_ > cfg_.max_seconds) {
-      skip_ = "a smaller n of this variant took " + fmt("%.1f", slowest_in_group_) +
+      skip_ = "an earlier case of this variant took " + fmt("%.1f", slowest_in_group_) +
               " s > max_seconds=" + fmt("%g", cfg_.max_seconds);
       return false;
     }
@@ -393,6 +393,7 @@ class Sweep {
   const ReferenceSample& reference(const Case& c) {
     auto it = refs_.find(c.input_key());
     if (it != refs_.end()) return it->second;
+    ++references_computed_;
     return refs_
         .emplace(c.input_key(), compute_reference(c.shape, in_->q, in_->k, in_->v,
                                                   cfg_.ref_all_rows_max, cfg_.ref_sample, c.seed))
@@ -467,7 +468,7 @@ class Sweep {
   std::map<std::string, ReferenceSample> refs_;
   RunContext ctx_;
   Clock::time_point start_, case_start_;
-  size_t todo_ = 0, finished_ = 0;
+  size_t todo_ = 0, finished_ = 0, references_computed_ = 0;
   double slowest_in_group_ = 0;
   const Case* cur_ = nullptr;
   std::unique_ptr<attn::Attention> attn_;

@@ -63,6 +63,7 @@ struct SweepResult {
   RunContext context;
   std::vector<Row> rows;
   std::vector<Scaling> scaling;
+  size_t references_computed = 0;  // fp64 references: one per distinct input measured
 };
 
 SweepResult run_sweep(const SweepConfig& cfg, const SweepOptions& opt);

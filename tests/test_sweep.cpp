@@ -128,6 +128,43 @@ TEST(SweepConfig, UnknownVariantsAndBadSpecsAreRejectedUpFront) {
   EXPECT_NO_THROW(attnbench::validate_config(parse("variant = full\nseq = 64\n")));
 }
 
+// The shipped configs parse and cover what their headers promise; their specs are validated
+// when every variant they name is registered (sliding_window, longformer, lsh and performer
+// land from other branches).
+TEST(SweepConfig, ShippedConfigsParse) {
+  const std::string dir = std::string(ATTN_SOURCE_DIR) + "/configs/";
+  auto pow2 = [](int64_t lo, int64_t hi) {
+    std::vector<int64_t> v;
+    for (int64_t n = lo; n <= hi; n *= 2) v.push_back(n);
+    return v;
+  };
+  for (const std::string name : {"default", "scaling", "accuracy", "quick"}) {
+    SweepConfig c = attnbench::load_sweep_config(dir + name + ".ini");
+    EXPECT_FALSE(c.variants.empty()) << name;
+    bool all_registered = true;
+    for (const auto& spec : c.variants) {
+      const std::string v = spec.substr(0, spec.find(':'));
+      all_registered &= std::any_of(variants().begin(), variants().end(),
+                                    [&](const VariantInfo& i) { return i.name == v; });
+    }
+    if (all_registered) {
+      EXPECT_NO_THROW(attnbench::validate_config(c)) << name;
+    }
+  }
+  SweepConfig d = attnbench::load_sweep_config(dir + "default.ini");
+  EXPECT_EQ(d.seqs, pow2(512, 16384));
+  for (const VariantInfo& v : variants()) {
+    if (v.name == "reference") continue;
+    EXPECT_TRUE(
+        std::any_of(d.variants.begin(), d.variants.end(),
+                    [&](const std::string& s) { return s.substr(0, s.find(':')) == v.name; }))
+        << "default.ini misses registered variant " << v.name;
+  }
+  EXPECT_EQ(attnbench::load_sweep_config(dir + "scaling.ini").seqs, pow2(512, 65536));
+  EXPECT_EQ(attnbench::load_sweep_config(dir + "accuracy.ini").dists.size(), 4u);
+  EXPECT_THROW(attnbench::load_sweep_config(dir + "no_such.ini"), UsageError);
+}
+
 // t = c·n^2 with 5% multiplicative noise: alpha close to 2 and its 95% CI covering 2.
 TEST(Scaling, RecoversQuadraticExponentWithCi) {
   std::mt19937_64 rng(3);
@@ -231,6 +268,8 @@ TEST(SweepResults, JsonAndCsvFollowTheSchema) {
   opt.config_path = "t.ini";
   attnbench::SweepResult res = attnbench::run_sweep(c, opt);
   ASSERT_EQ(res.rows.size(), 6u);
+  // One fp64 reference per input (n = 32, 64, 128), shared by both variants.
+  EXPECT_EQ(res.references_computed, 3u);
 
   std::ifstream jf(d / "results.json");
   json j = json::parse(jf);
@@ -279,6 +318,28 @@ TEST(SweepResults, JsonAndCsvFollowTheSchema) {
     EXPECT_EQ(size_t(std::count(line.begin(), line.end(), ',')) + 1, columns) << line;
   }
   EXPECT_EQ(lines, 6);
+}
+
+// What --resume reads back is what was written, including a NaN error (JSON null).
+TEST(SweepResults, RowsRoundTripThroughJson) {
+  attnbench::Row r;
+  r.key = "k", r.variant = "full", r.spec = "full", r.n = 64, r.dim = 16, r.seed = 3;
+  r.threads = 2, r.reps = 2, r.time_ms_reps = {1.5, 2.5}, r.time_ms_median = 2;
+  r.time_ms_min = 1.5, r.time_ms_max = 2.5, r.time_cv = 0.35, r.mem_peak_bytes = 4096;
+  r.mem_allocs = 7, r.extra_bytes = 4000, r.rel_err = std::nan(""), r.coverage = 0.25;
+  r.ref_rows = "all";
+  attnbench::Row back = attnbench::row_from_json(json::parse(attnbench::to_json(r).dump()));
+  EXPECT_TRUE(std::isnan(back.rel_err));
+  EXPECT_EQ(back.time_ms_reps, r.time_ms_reps);
+  EXPECT_EQ(back.mem_allocs, 7);
+  EXPECT_EQ(back.coverage, 0.25);
+  EXPECT_EQ(back.seed, 3u);
+  EXPECT_EQ(attnbench::csv_line(back), attnbench::csv_line(r));
+  r.status = "skipped: estimated memory 2 GiB > max_memory_gib=1";
+  back = attnbench::row_from_json(json::parse(attnbench::to_json(r).dump()));
+  EXPECT_EQ(back.status, r.status);
+  EXPECT_TRUE(back.time_ms_reps.empty());
+  EXPECT_THROW(attnbench::row_from_json(json::parse(R"({"key": "k"})")), RuntimeError);
 }
 
 int run_shell(const std::string& cmd) {
