@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/reference.h"
 #include "attention/tensor.h"
 
 namespace attn {
@@ -46,6 +47,13 @@ class Attention {
   // The dense counterpart this variant approximates, when it is not plain dense attention on
   // the given q, k (e.g. shared-QK LSH). Empty = plain dense attention.
   virtual std::string dense_counterpart() const { return {}; }
+  // That counterpart as a problem the fp64 reference can solve: effective keys (same shape as
+  // k) and an element mask. Returns false when it is plain dense attention on (q, k). The
+  // harness measures accuracy and coverage against this problem.
+  virtual bool counterpart_problem(const Shape& s, const Tensor& q, const Tensor& k, Tensor& keys,
+                                   ElementMask& mask) const {
+    return false;
+  }
 
   // Random state (LSH rotations, Performer features) as .npy files in a directory, so a run
   // can be reproduced exactly elsewhere. Variants without random state throw UsageError.

@@ -306,6 +306,25 @@ class Lsh final : public Attention {
                             "attends to itself only when it sees no other key)"
                           : "";
   }
+  // Shared-QK LSH approximates dense attention over k̂ = q/‖q‖ in which a token sees itself
+  // only when it sees no other key (causal row 0, or n = 1).
+  bool counterpart_problem(const Shape& s, const Tensor& q, const Tensor&, Tensor& keys,
+                           ElementMask& mask) const override {
+    if (!cfg_.shared_qk) return false;
+    keys = Tensor(q.batch(), q.heads(), q.seq(), q.dim());
+    const int64_t D = q.dim();
+    for (int64_t r = 0; r < q.size() / D; ++r) {
+      const float* x = q.data() + r * D;
+      float ss = 0;
+      for (int64_t d = 0; d < D; ++d) ss += x[d] * x[d];
+      const float inv = ss > 0 ? 1.0f / std::sqrt(ss) : 0.0f;
+      for (int64_t d = 0; d < D; ++d) keys.data()[r * D + d] = x[d] * inv;
+    }
+    mask = [n = s.nk, causal = s.causal](int64_t, int64_t, int64_t i, int64_t j) {
+      return j != i || n == 1 || (causal && i == 0);
+    };
+    return true;
+  }
 
   void save_random(const std::string& dir, const Shape& s) const override;
   void load_random(const std::string& dir, const Shape& s) override;

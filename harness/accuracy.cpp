@@ -69,7 +69,8 @@ Accuracy measure_accuracy(const attn::Shape& s, const ReferenceSample& ref,
 
 std::optional<double> attention_coverage(const attn::Attention& a, const attn::Shape& s,
                                          const attn::Tensor& q, const attn::Tensor& k,
-                                         const std::vector<int64_t>& rows) {
+                                         const std::vector<int64_t>& rows,
+                                         const attn::ElementMask* mask) {
   attn::VisitedKeys probe;
   if (rows.empty() || !a.visited_keys(s, 0, 0, rows[0], probe)) return std::nullopt;
   const int64_t R = int64_t(rows.size()), items = s.heads_total() * R;
@@ -85,7 +86,7 @@ std::optional<double> attention_coverage(const attn::Attention& a, const attn::S
       const int64_t b = it / R / s.heads, h = it / R % s.heads, i = rows[it % R];
       keys.clear();
       a.visited_keys(s, b, h, i, keys);
-      attn::reference_probs(s, q, k, b, h, i, nullptr, p);
+      attn::reference_probs(s, q, k, b, h, i, mask, p);
       double m = 0;
       // A key visited in several rounds counts once: coverage is of the union.
       for (const auto& round : keys)

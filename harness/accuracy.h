@@ -38,6 +38,7 @@ Accuracy measure_accuracy(const attn::Shape& s, const ReferenceSample& ref,
 // its last forward() on q, k. Empty when the variant reports no pattern (visited_keys false).
 std::optional<double> attention_coverage(const attn::Attention& a, const attn::Shape& s,
                                          const attn::Tensor& q, const attn::Tensor& k,
-                                         const std::vector<int64_t>& rows);
+                                         const std::vector<int64_t>& rows,
+                                         const attn::ElementMask* mask = nullptr);
 
 }  // namespace attnbench

@@ -135,6 +135,7 @@ json to_json(const Row& r) {
   j["cosine"] = number_or_null(ok, r.cosine);
   j["coverage"] = ok && r.coverage ? json(*r.coverage) : json(nullptr);
   j["ref_rows"] = ok ? json(r.ref_rows) : json(nullptr);
+  j["reference"] = ok ? json(r.reference) : json(nullptr);
   return j;
 }
 
@@ -175,6 +176,8 @@ Row row_from_json(const json& j) {
     if (j.contains("coverage") && j["coverage"].is_number())
       r.coverage = j["coverage"].get<double>();
     r.ref_rows = j.value("ref_rows", "");
+    if (j.contains("reference") && j["reference"].is_string())
+      r.reference = j["reference"].get<std::string>();
     return r;
   } catch (const json::exception& e) {
     throw attn::RuntimeError(std::string("malformed result row: ") + e.what());
@@ -218,7 +221,7 @@ std::string csv_header() {
   return "key,variant,spec,batch,heads,n,dim,causal,dist,seed,posenc,threads,reps,status,"
          "time_ms_median,time_ms_min,time_ms_max,time_cv,time_ms_reps,gflops,pct_ceiling,"
          "mem_peak_bytes,mem_allocs,extra_bytes,rss_peak_bytes,rel_err,max_abs_err,cosine,"
-         "coverage,ref_rows";
+         "coverage,ref_rows,reference";
 }
 
 std::string csv_line(const Row& r) {
@@ -228,7 +231,7 @@ std::string csv_line(const Row& r) {
     << csv_field(r.dist) << ',' << r.seed << ',' << csv_field(r.posenc) << ',' << r.threads << ','
     << r.reps << ',' << csv_field(r.status);
   if (!r.ok()) {
-    s << std::string(16, ',');  // no metrics
+    s << std::string(17, ',');  // no metrics
     return s.str();
   }
   std::string reps;
@@ -240,7 +243,8 @@ std::string csv_line(const Row& r) {
     << num(r.time_cv) << ',' << reps << ',' << num(r.gflops) << ',' << num(r.pct_ceiling) << ','
     << num(r.mem_peak_bytes) << ',' << r.mem_allocs << ',' << num(r.extra_bytes) << ','
     << num(r.rss_peak_bytes) << ',' << num(r.rel_err) << ',' << num(r.max_abs_err) << ','
-    << num(r.cosine) << ',' << (r.coverage ? num(*r.coverage) : "") << ',' << r.ref_rows;
+    << num(r.cosine) << ',' << (r.coverage ? num(*r.coverage) : "") << ',' << r.ref_rows << ','
+    << csv_field(r.reference);
   return s.str();
 }
 

@@ -27,7 +27,8 @@ struct Row {
   double extra_bytes = 0, rss_peak_bytes = 0;
   double rel_err = 0, max_abs_err = 0, cosine = 0;
   std::optional<double> coverage;
-  std::string ref_rows;  // "all" or "<k> sampled"
+  std::string ref_rows;   // "all" or "<k> sampled"
+  std::string reference;  // "dense", or the variant's dense counterpart it is scored against
 
   bool ok() const { return status == "ok"; }
 };

@@ -390,13 +390,32 @@ class Sweep {
 
   void release_case() { attn_.reset(), in_.reset(), out_.reset(); }
 
-  const ReferenceSample& reference(const Case& c) {
-    auto it = refs_.find(c.input_key());
+  // The dense problem the current variant is scored against: plain dense attention on the
+  // inputs unless the variant approximates another one (shared-QK LSH).
+  struct Counterpart {
+    std::string name = "dense";
+    attn::Tensor keys;
+    attn::ElementMask mask;
+    bool own = false;
+  };
+
+  Counterpart counterpart(const Case& c) const {
+    Counterpart cp;
+    cp.own = attn_->counterpart_problem(c.shape, in_->q, in_->k, cp.keys, cp.mask);
+    if (cp.own) cp.name = attn_->dense_counterpart();
+    return cp;
+  }
+
+  // Computed once per (input, counterpart) and reused by every variant that shares them.
+  const ReferenceSample& reference(const Case& c, const Counterpart& cp) {
+    const std::string key = c.input_key() + "|" + cp.name;
+    auto it = refs_.find(key);
     if (it != refs_.end()) return it->second;
     ++references_computed_;
     return refs_
-        .emplace(c.input_key(), compute_reference(c.shape, in_->q, in_->k, in_->v,
-                                                  cfg_.ref_all_rows_max, cfg_.ref_sample, c.seed))
+        .emplace(key, compute_reference(c.shape, in_->q, cp.own ? cp.keys : in_->k, in_->v,
+                                        cfg_.ref_all_rows_max, cfg_.ref_sample, c.seed,
+                                        cp.own ? &cp.mask : nullptr))
         .first->second;
   }
 
@@ -418,10 +437,13 @@ class Sweep {
       r.mem_peak_bytes = double(t.mem_peak_bytes), r.mem_allocs = t.mem_allocs;
       r.extra_bytes = attn_->extra_bytes(c.shape);
       r.rss_peak_bytes = peak_rss_bytes();
-      const ReferenceSample& ref = reference(c);
+      const Counterpart cp = counterpart(c);
+      const ReferenceSample& ref = reference(c, cp);
       const Accuracy acc = measure_accuracy(c.shape, ref, *out_);
       r.rel_err = acc.rel_fro, r.max_abs_err = acc.max_abs, r.cosine = acc.mean_cosine;
-      r.coverage = attention_coverage(*attn_, c.shape, in_->q, in_->k, ref.rows);
+      r.coverage = attention_coverage(*attn_, c.shape, in_->q, cp.own ? cp.keys : in_->k, ref.rows,
+                                      cp.own ? &cp.mask : nullptr);
+      r.reference = cp.name;
       r.ref_rows = ref.all_rows ? "all" : std::to_string(ref.rows.size()) + " sampled";
     }
     done_[r.key] = r;

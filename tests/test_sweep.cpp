@@ -239,12 +239,14 @@ void check_row_schema(const json& r) {
     EXPECT_TRUE(r.at("mem_allocs").is_null());
     EXPECT_TRUE(r.at("coverage").is_null());
     EXPECT_TRUE(r.at("ref_rows").is_null());
+    EXPECT_TRUE(r.at("reference").is_null());
     return;
   }
   for (const char* k : kRowNumbers) EXPECT_TRUE(r.at(k).is_number()) << k;
   EXPECT_TRUE(r.at("mem_allocs").is_number_integer());
   EXPECT_TRUE(r.at("coverage").is_null() || r.at("coverage").is_number());
   EXPECT_TRUE(r.at("ref_rows").is_string());
+  EXPECT_TRUE(r.at("reference").is_string());
   EXPECT_EQ(r["time_ms_reps"].size(), r["reps"].get<size_t>());
   for (const auto& t : r["time_ms_reps"]) {
     EXPECT_GE(t.get<double>(), r["time_ms_min"].get<double>());
@@ -311,7 +313,7 @@ TEST(SweepResults, JsonAndCsvFollowTheSchema) {
   std::getline(cf, header);
   EXPECT_EQ(header, attnbench::csv_header());
   const size_t columns = std::count(header.begin(), header.end(), ',') + 1;
-  EXPECT_EQ(columns, 30u);
+  EXPECT_EQ(columns, 31u);
   int lines = 0;
   while (std::getline(cf, line)) {
     ++lines;
@@ -429,6 +431,28 @@ TEST(SweepCli, MalformedConfigExitsTwoWithOneLine) {
   EXPECT_NE(all.find("bad.ini"), std::string::npos) << all;
   EXPECT_EQ(std::count(all.begin(), all.end(), '\n'), 1) << all;
   EXPECT_FALSE(fs::exists(d / "o" / "results.json"));
+}
+
+// Shared-QK LSH is scored against its own dense counterpart (keys q/‖q‖, self-mask): with one
+// chunk covering the sequence it computes exactly that, so its error must be at fp32 level,
+// while plain dense attention on the same inputs is a different problem (error far above).
+TEST(SweepResults, SharedQkLshIsScoredAgainstItsDenseCounterpart) {
+  SweepConfig c = parse(
+      "variant = lsh:buckets=2,rounds=1,chunk=128\nvariant = full\nseq = 128\ndim = 16\n"
+      "heads = 2\nreps = 1\nmin_time = 0.001\nthreads = 1\n");
+  attnbench::SweepOptions opt;
+  attnbench::SweepResult res = attnbench::run_sweep(c, opt);
+  ASSERT_EQ(res.rows.size(), 2u);
+  const auto& lsh = res.rows[0];
+  const auto& full = res.rows[1];
+  ASSERT_EQ(lsh.variant, "lsh");
+  EXPECT_NE(lsh.reference.find("q/‖q‖"), std::string::npos) << lsh.reference;
+  EXPECT_LT(lsh.rel_err, 1e-5);
+  ASSERT_TRUE(lsh.coverage.has_value());
+  EXPECT_NEAR(*lsh.coverage, 1.0, 1e-9);  // every key but itself, and itself carries no mass
+  EXPECT_EQ(full.reference, "dense");
+  EXPECT_LT(full.rel_err, 1e-5);
+  EXPECT_EQ(res.references_computed, 2u);  // one per counterpart of the one input
 }
 
 }  // namespace
