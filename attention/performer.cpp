@@ -4,9 +4,10 @@
 // exp(q·k·scale), so the output approximates plain dense softmax attention in O(n·m·D) time.
 // The causal mode uses prefix sums of φ(K_j)ᵀV_j, computed block-wise so the work is GEMMs.
 //
-// Determinism: every sum over sequence positions is taken over fixed-size blocks (kBlockRows)
-// whose partial results are combined in block order, and every oneDNN call runs inside the
-// parallel region (single-threaded there), so outputs do not depend on the thread count.
+// Determinism: every sum over sequence positions is taken over fixed-size blocks (kBlockRows,
+// and chunks of kChunkRows inside a causal block) whose partial results are combined in
+// order, and every oneDNN call runs inside the parallel region (single-threaded there), so
+// outputs do not depend on the thread count or on which thread did what.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -41,7 +42,7 @@ enum class Kernel { Softmax, Relu, Trig };
 // Key rows per partial sum of φ(K)ᵀV: fixed, so reductions never depend on the thread count.
 constexpr int64_t kBlockRows = 4096;
 // Causal: rows per diagonal tile (masked φ(Q_c)φ(K_c)ᵀ). Its cost per row, 2·C·(M + D), is
-// small next to the 10·M·D of the rest at C = 64.
+// small next to the 8·M·D of the rest at C = 64 (M = 256, D = 64: 41k against 131k FLOPs).
 constexpr int64_t kChunkRows = 64;
 // Non-causal: query rows per task (one feature-map buffer of this many rows per thread).
 constexpr int64_t kQueryRows = 256;
