@@ -36,11 +36,7 @@ class Full final : public Attention {
         });
   }
 
-  // Model FLOPs: 4·D per visible pair; causal counts n(n+1)/2 pairs (ALGORITHMS.md §1).
-  double flops(const Shape& s) const override {
-    double pairs = s.causal ? s.nq * (s.nq + 1) / 2.0 : double(s.nq) * s.nk;
-    return 4.0 * s.dim * pairs * s.heads_total();
-  }
+  double flops(const Shape& s) const override { return s.dense_flops(); }
 
   // Per thread: transposed query block, score tile, accumulator and three row vectors.
   double extra_bytes(const Shape& s) const override {

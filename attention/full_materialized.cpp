@@ -58,8 +58,7 @@ class FullMaterialized final : public Attention {
   }
 
   double flops(const Shape& s) const override {
-    double pairs = s.causal ? s.nq * (s.nq + 1) / 2.0 : double(s.nq) * s.nk;
-    return 4.0 * s.dim * pairs * s.heads_total();
+    return s.dense_flops();
   }
   double extra_bytes(const Shape& s) const override {
     return 4.0 * s.nq * s.nk;

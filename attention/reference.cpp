@@ -73,10 +73,7 @@ class Reference final : public Attention {
     std::vector<double> r = reference_attention(s, q, k, v);
     for (size_t i = 0; i < r.size(); ++i) out.data()[i] = static_cast<float>(r[i]);
   }
-  double flops(const Shape& s) const override {
-    double pairs = s.causal ? s.nq * (s.nq + 1) / 2.0 : double(s.nq) * s.nk;
-    return 4.0 * s.dim * pairs * s.heads_total();
-  }
+  double flops(const Shape& s) const override { return s.dense_flops(); }
   // The fp64 output plus one row of probabilities per thread.
   double extra_bytes(const Shape& s) const override {
     return 8.0 * s.heads_total() * s.nq * s.dim + 8.0 * s.nk * 2;

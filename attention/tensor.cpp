@@ -12,6 +12,11 @@ float Shape::softmax_scale() const {
   return scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim));
 }
 
+double Shape::dense_flops() const {
+  const double pairs = causal ? nq * (nq + 1) / 2.0 : double(nq) * nk;
+  return 4.0 * dim * pairs * heads_total();
+}
+
 void Shape::check() const {
   auto positive = [](int64_t v, const char* name) {
     if (v <= 0)

@@ -6,20 +6,14 @@
 #include <map>
 
 #include "attention/npy.h"
+#include "attention/random.h"
 
 namespace attnbench {
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// Uniform in (0, 1) from 53 random bits.
+using attn::splitmix64;
 double unit(uint64_t bits) {
-  return (double(bits >> 11) + 0.5) * 0x1.0p-53;
+  return attn::unit_interval(bits);
 }
 
 uint64_t stream_base(uint64_t seed, uint64_t stream) {

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "attention/kernels/vec_exp.h"
 
 namespace attn::kernels {
 
@@ -54,25 +52,6 @@ void OnlineSoftmax::finish(float* out, int64_t ldo, float* lse) {
 #if defined(__AVX512F__)
 
 namespace {
-
-// exp(x) for 16 lanes, ~1 ulp on the range that matters (Cephes expf polynomial on
-// r = x - n·ln2, |r| <= ln2/2); inputs below -87.3 (including -inf) give exactly 0.
-inline __m512 exp16(__m512 x) {
-  const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(~underflow, _mm512_scalef_ps(p, n));
-}
 
 constexpr int kV = kQueryRows / 16;  // vectors per score row
 
@@ -138,7 +117,8 @@ void pv_block(const float* p, const float* alpha, const float* v, int64_t ld, in
     if constexpr (k < R) pv_rows<k, NV>(p + r, alpha + r, v, ld, n, acc + r * D, D, tail); \
     break;
     ATTN_PV_CASE(1)
-    ATTN_PV_CASE(2) ATTN_PV_CASE(3) ATTN_PV_CASE(4) ATTN_PV_CASE(5) ATTN_PV_CASE(6) ATTN_PV_CASE(7)
+    ATTN_PV_CASE(2)
+    ATTN_PV_CASE(3) ATTN_PV_CASE(4) ATTN_PV_CASE(5) ATTN_PV_CASE(6) ATTN_PV_CASE(7)
 #undef ATTN_PV_CASE
         default : break;
   }

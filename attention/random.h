@@ -1,0 +1,22 @@
+// Counter-based random numbers: value e of a stream depends only on (seed, stream, e), so
+// generated data never depends on the thread count or on the order it is filled in.
+#pragma once
+
+#include <cstdint>
+
+namespace attn {
+
+// SplitMix64 finalizer (Steele, Lea, Flood 2014): a bijective 64-bit mix.
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Uniform in (0, 1) from the top 53 bits (never 0, so log() is safe).
+inline double unit_interval(uint64_t bits) {
+  return (double(bits >> 11) + 0.5) * 0x1.0p-53;
+}
+
+}  // namespace attn
