@@ -10,13 +10,8 @@ namespace attn {
 // registry.h and add it here.
 const std::vector<VariantInfo>& variants() {
   static const std::vector<VariantInfo> all = {
-      reference_variant(),
-      full_materialized_variant(),
-      full_variant(),
-      lsh_variant(),
-      sliding_window_variant(),
-      longformer_variant(),
-      performer_variant(),
+      reference_variant(),      full_materialized_variant(), full_variant(),      lsh_variant(),
+      sliding_window_variant(), longformer_variant(),        performer_variant(),
   };
   return all;
 }

@@ -118,7 +118,8 @@ void pv_block(const float* p, const float* alpha, const float* v, int64_t ld, in
     break;
     ATTN_PV_CASE(1)
     ATTN_PV_CASE(2)
-    ATTN_PV_CASE(3) ATTN_PV_CASE(4) ATTN_PV_CASE(5) ATTN_PV_CASE(6) ATTN_PV_CASE(7)
+    ATTN_PV_CASE(3)
+    ATTN_PV_CASE(4) ATTN_PV_CASE(5) ATTN_PV_CASE(6) ATTN_PV_CASE(7)
 #undef ATTN_PV_CASE
         default : break;
   }
