@@ -42,7 +42,9 @@ bool parse_bool(const std::string& v, bool& out) {
   return false;
 }
 
+// Whole numbers print in full ("1048576", not "1.04858e+06"): they are limits users type.
 std::string format_number(double v) {
+  if (v == std::floor(v) && std::abs(v) < 1e18) return std::to_string(static_cast<long long>(v));
   std::ostringstream s;
   s << v;
   return s.str();
