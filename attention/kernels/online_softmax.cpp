@@ -105,24 +105,23 @@ inline void pv_rows(const float* p, const float* alpha, const float* v, int64_t 
     }
 }
 
+// The rows left after the full R-row groups: K rows, dispatched at compile time.
+template <int NV, int K, int R>
+void pv_tail(int64_t left, const float* p, const float* alpha, const float* v, int64_t ld,
+             int64_t n, float* acc, int64_t D, __mmask16 tail) {
+  if constexpr (K < R) {
+    if (left == K) return pv_rows<K, NV>(p, alpha, v, ld, n, acc, D, tail);
+    pv_tail<NV, K + 1, R>(left, p, alpha, v, ld, n, acc, D, tail);
+  }
+}
+
 template <int NV>
 void pv_block(const float* p, const float* alpha, const float* v, int64_t ld, int64_t n, float* acc,
               int64_t D, int64_t rows, __mmask16 tail) {
   constexpr int R = NV <= 2 ? 8 : (NV == 3 ? 7 : 6);
   int64_t r = 0;
   for (; r + R <= rows; r += R) pv_rows<R, NV>(p + r, alpha + r, v, ld, n, acc + r * D, D, tail);
-  switch (rows - r) {
-#define ATTN_PV_CASE(k)                                                                    \
-  case k:                                                                                  \
-    if constexpr (k < R) pv_rows<k, NV>(p + r, alpha + r, v, ld, n, acc + r * D, D, tail); \
-    break;
-    ATTN_PV_CASE(1)
-    ATTN_PV_CASE(2)
-    ATTN_PV_CASE(3)
-    ATTN_PV_CASE(4) ATTN_PV_CASE(5) ATTN_PV_CASE(6) ATTN_PV_CASE(7)
-#undef ATTN_PV_CASE
-        default : break;
-  }
+  pv_tail<NV, 1, R>(rows - r, p + r, alpha + r, v, ld, n, acc + r * D, D, tail);
 }
 
 }  // namespace
