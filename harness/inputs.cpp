@@ -228,18 +228,7 @@ Inputs read_npy_inputs(const attn::Shape& s, const std::string& dist) {
 }  // namespace
 
 void fill_gaussian(attn::Tensor& t, uint64_t seed, uint64_t stream) {
-  const uint64_t base = stream_base(seed, stream);
-  float* p = t.data();
-  const int64_t n = t.size();
-#pragma omp parallel for schedule(static)
-  for (int64_t pair = 0; pair < (n + 1) / 2; ++pair) {
-    // Box-Muller on two uniforms gives two independent normals.
-    const double u1 = unit(splitmix64(base + 2 * uint64_t(pair)));
-    const double u2 = unit(splitmix64(base + 2 * uint64_t(pair) + 1));
-    const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
-    p[2 * pair] = float(r * std::cos(a));
-    if (2 * pair + 1 < n) p[2 * pair + 1] = float(r * std::sin(a));
-  }
+  attn::fill_normal_stream(t.data(), t.size(), stream_base(seed, stream));
 }
 
 Inputs make_inputs(const attn::Shape& s, const std::string& dist, uint64_t seed) {

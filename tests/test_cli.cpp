@@ -1,8 +1,6 @@
 // The attnbench executable end to end: exit codes and `apply` against the fp64 reference.
 #include <gtest/gtest.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -13,21 +11,6 @@ namespace attn::test {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct Result {
-  int code;
-  std::string output;  // stdout and stderr
-};
-
-Result run_cli(const std::string& args) {
-  std::string cmd = std::string(ATTNBENCH_EXE) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 fs::path scratch(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("attn_cli_" + name);
@@ -48,9 +31,9 @@ TEST(Cli, ApplyMatchesReference) {
     Shape s{1, 2, 37, 37, 16, causal};
     auto in = random_inputs(s, 11);
     save(d / "q.npy", in.q, 3), save(d / "k.npy", in.k, 3), save(d / "v.npy", in.v, 3);
-    Result r = run_cli("apply --variant full --q " + (d / "q.npy").string() + " --k " +
-                       (d / "k.npy").string() + " --v " + (d / "v.npy").string() + " --out " +
-                       (d / "o.npy").string() + (causal ? " --causal" : ""));
+    CliResult r = run_cli("apply --variant full --q " + (d / "q.npy").string() + " --k " +
+                          (d / "k.npy").string() + " --v " + (d / "v.npy").string() + " --out " +
+                          (d / "o.npy").string() + (causal ? " --causal" : ""));
     ASSERT_EQ(r.code, 0) << r.output;
     NpyArray o = read_npy((d / "o.npy").string());
     EXPECT_EQ(o.shape, (std::vector<int64_t>{2, 37, 16}));
@@ -74,10 +57,10 @@ TEST(Cli, ApplyRejectsBadFilesWithExitOne) {
                    (d / "k.npy").string() + " --v " + (d / v).string() + " --out " +
                    (d / "o.npy").string());
   };
-  Result junk = apply("junk.npy");
+  CliResult junk = apply("junk.npy");
   EXPECT_EQ(junk.code, 1);
   EXPECT_NE(junk.output.find("bad magic"), std::string::npos) << junk.output;
-  Result mismatch = apply("v5.npy");
+  CliResult mismatch = apply("v5.npy");
   EXPECT_EQ(mismatch.code, 1);
   EXPECT_NE(mismatch.output.find("same shape"), std::string::npos) << mismatch.output;
   EXPECT_FALSE(fs::exists(d / "o.npy"));
@@ -85,7 +68,7 @@ TEST(Cli, ApplyRejectsBadFilesWithExitOne) {
 }
 
 TEST(Cli, UsageErrorsExitTwo) {
-  Result r = run_cli("run --variant nope --seq 64");
+  CliResult r = run_cli("run --variant nope --seq 64");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("valid variants"), std::string::npos) << r.output;
   EXPECT_EQ(run_cli("run --variant full --seq 64,abc").code, 2);
@@ -95,19 +78,19 @@ TEST(Cli, UsageErrorsExitTwo) {
 }
 
 TEST(Cli, RunRefusesSizesThatDoNotFit) {
-  Result r = run_cli("run --variant full_materialized --seq 4000000 --heads 1");
+  CliResult r = run_cli("run --variant full_materialized --seq 4000000 --heads 1");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("GiB"), std::string::npos) << r.output;
 }
 
 TEST(Cli, ListShowsEveryVariant) {
-  Result r = run_cli("list");
+  CliResult r = run_cli("list");
   EXPECT_EQ(r.code, 0);
   for (const auto& v : variants()) EXPECT_NE(r.output.find(v.name), std::string::npos);
 }
 
 TEST(Cli, RunPrintsOneRowPerVariantAndSize) {
-  Result r =
+  CliResult r =
       run_cli("run --variant full --variant full_materialized --seq 64,100 --heads 2 --reps 1");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("sgemm ceiling"), std::string::npos);

@@ -2,16 +2,19 @@
 // and exit codes (0 no regression, 1 regression, 2 usage error or malformed file).
 #include <gtest/gtest.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "harness/stats.h"
 
+#include "test_util.h"
+
 namespace attnbench {
 namespace {
+
+using attn::test::CliResult;
+using attn::test::run_cli;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -62,21 +65,6 @@ TEST(MannWhitney, SmallestPossiblePAndMedian) {
 
 // ---------------------------------------------------------------- compare end to end
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result run_cli(const std::string& args) {
-  std::string cmd = std::string(ATTNBENCH_EXE) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 // One directory per test: CTest runs the tests of this file in parallel processes.
 fs::path scratch() {
   fs::path d =
@@ -122,13 +110,13 @@ std::string save(const std::string& name, const json& j) {
   return p.string();
 }
 
-Result compare(const json& base, const json& now, const std::string& options = "") {
+CliResult compare(const json& base, const json& now, const std::string& options = "") {
   return run_cli("compare " + save("base.json", base) + " " + save("new.json", now) + " " +
                  options);
 }
 
 TEST(Compare, IdenticalRunsPass) {
-  Result r = compare(baseline(), baseline());
+  CliResult r = compare(baseline(), baseline());
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("no regression"), std::string::npos) << r.output;
 }
@@ -137,7 +125,7 @@ TEST(Compare, ASweepDirectoryStandsForItsResultsJson) {
   const std::string dir = (scratch() / "sweep").string();
   fs::create_directories(dir);
   std::ofstream(dir + "/results.json") << baseline().dump();
-  Result r = run_cli("compare " + dir + " " + save("new.json", baseline()));
+  CliResult r = run_cli("compare " + dir + " " + save("new.json", baseline()));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("sweep/results.json"), std::string::npos) << r.output;
 }
@@ -145,7 +133,7 @@ TEST(Compare, ASweepDirectoryStandsForItsResultsJson) {
 TEST(Compare, AccuracyRegressionBeyondToleranceFails) {
   json now = baseline();
   now["rows"][1]["rel_err"] = 0.08 * 1.2;
-  Result r = compare(baseline(), now);
+  CliResult r = compare(baseline(), now);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("ACCURACY"), std::string::npos) << r.output;
   EXPECT_EQ(compare(baseline(), now, "--error-tolerance 0.25").code, 0);
@@ -164,7 +152,7 @@ TEST(Compare, AccuracyRegressionBeyondToleranceFails) {
 TEST(Compare, SignificantSlowdownFails) {
   json now = baseline();
   now["rows"][0]["time_ms_reps"] = scaled(kSteady, 2.0);
-  Result r = compare(baseline(), now);
+  CliResult r = compare(baseline(), now);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("SLOWER"), std::string::npos) << r.output;
   EXPECT_EQ(compare(baseline(), now, "--no-time").code, 0);
@@ -180,7 +168,7 @@ TEST(Compare, TimeIsComparedInSgemmCeilingUnits) {
   // Same milliseconds on that faster machine is a 2x slowdown relative to its ceiling.
   now = baseline();
   now["context"]["sgemm_ceiling_gflops"] = 400;
-  Result r = compare(baseline(), now);
+  CliResult r = compare(baseline(), now);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("SLOWER"), std::string::npos) << r.output;
 }
@@ -189,7 +177,7 @@ TEST(Compare, NoisyOrSmallSlowdownsPass) {
   json base = run(200, {row("full", 1e-7, {1, 2, 3, 1.5, 2.5})});
   json now = run(200, {row("full", 1e-7, {1.2, 3.5, 4, 1.1, 3.8})});
   // Median ratio 1.75 > 1.5 but exact one-sided p = 0.21 (scipy): noise, not a regression.
-  Result r = compare(base, now);
+  CliResult r = compare(base, now);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("1.750"), std::string::npos) << r.output;
   // A consistent 20% slowdown is significant (p < 0.001) but inside the tolerance.
@@ -202,7 +190,7 @@ TEST(Compare, NoisyOrSmallSlowdownsPass) {
 TEST(Compare, TooFewRepetitionsAreReported) {
   json base = run(200, {row("full", 1e-7, {10, 10, 10})});
   json now = run(200, {row("full", 1e-7, {30, 30, 30})});
-  Result r = compare(base, now);
+  CliResult r = compare(base, now);
   EXPECT_EQ(r.code, 0) << r.output;  // 3 vs 3: p >= 0.05 whatever happens
   EXPECT_NE(r.output.find("no slowdown can be significant"), std::string::npos) << r.output;
 }
@@ -210,7 +198,7 @@ TEST(Compare, TooFewRepetitionsAreReported) {
 TEST(Compare, MissingRowsFailNewRowsDoNot) {
   json now = baseline();
   now["rows"].erase(1);
-  Result r = compare(baseline(), now);
+  CliResult r = compare(baseline(), now);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("MISSING"), std::string::npos) << r.output;
 
@@ -224,7 +212,7 @@ TEST(Compare, MissingRowsFailNewRowsDoNot) {
 TEST(Compare, ACaseThatRanAndIsNowSkippedFails) {
   json now = baseline();
   now["rows"][1] = {{"key", now["rows"][1]["key"]}, {"status", "skipped: time budget"}};
-  Result r = compare(baseline(), now);
+  CliResult r = compare(baseline(), now);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("NOW SKIPPED"), std::string::npos) << r.output;
   // Skipped in the baseline and running now is reported, not a failure.
@@ -236,7 +224,7 @@ TEST(Compare, MalformedFilesAndBadOptionsExit2) {
   const std::string good = save("good.json", baseline());
   const fs::path broken = scratch() / "broken.json";
   std::ofstream(broken) << "{\"rows\": [";
-  Result r = run_cli("compare " + good + " " + broken.string());
+  CliResult r = run_cli("compare " + good + " " + broken.string());
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("broken.json"), std::string::npos) << r.output;
 

@@ -2,34 +2,23 @@
 // and chosen n of the speed-vs-error view, and clear failures (exit 1).
 #include <gtest/gtest.h>
 
-#include <array>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "test_util.h"
+
 namespace attnbench {
 namespace {
+
+using attn::test::CliResult;
+using attn::test::run_shell;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result run_shell(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-Result plot(const std::string& args, const std::string& env = "") {
+CliResult plot(const std::string& args, const std::string& env = "") {
   return run_shell(env + " " + ATTNBENCH_EXE + " plot " + args);
 }
 
@@ -121,7 +110,7 @@ TEST(Plot, WritesEveryPlotAsPngAndSvg) {
   fs::path d = scratch("all");
   write(d / "results.json", fixture().dump());
   write(d / "posenc.json", posenc_fixture().dump());
-  Result r = plot(d.string());
+  CliResult r = plot(d.string());
   ASSERT_EQ(r.code, 0) << r.output;
   std::vector<std::string> names = kPlots;
   names.push_back("posenc_memory");
@@ -143,7 +132,7 @@ TEST(Plot, ChosenNAndNoPosencFile) {
   if (!have_matplotlib()) GTEST_SKIP() << "/usr/bin/python3 has no matplotlib";
   fs::path d = scratch("chosen");
   write(d / "results.json", fixture().dump());
-  Result r = plot(d.string() + " --n 512");
+  CliResult r = plot(d.string() + " --n 512");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("speed_vs_error at n = 512"), std::string::npos) << r.output;
   for (const auto& name : kPlots) EXPECT_TRUE(fs::exists(d / (name + ".png"))) << name;
@@ -156,7 +145,7 @@ TEST(Plot, ChosenNAndNoPosencFile) {
 TEST(Plot, MissingOrMalformedResultsAreClearErrors) {
   if (!have_matplotlib()) GTEST_SKIP() << "/usr/bin/python3 has no matplotlib";
   fs::path d = scratch("bad");
-  Result r = plot(d.string());
+  CliResult r = plot(d.string());
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("results.json not found"), std::string::npos) << r.output;
   write(d / "results.json", "{\"rows\": [");
@@ -178,7 +167,7 @@ TEST(Plot, MissingPythonOrMatplotlibSaysToRunSetup) {
   if (!have_matplotlib()) GTEST_SKIP() << "/usr/bin/python3 has no matplotlib";
   fs::path d = scratch("nopython");
   write(d / "results.json", fixture().dump());
-  Result r = plot(d.string(), "ATTNBENCH_PYTHON=/nonexistent/python3");
+  CliResult r = plot(d.string(), "ATTNBENCH_PYTHON=/nonexistent/python3");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("harness/setup.sh"), std::string::npos) << r.output;
   // An interpreter whose `import matplotlib` fails.

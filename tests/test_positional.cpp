@@ -2,9 +2,7 @@
 // counts, the sinusoidal closed form, add_to, weights round trips, errors and the CLI.
 #include <gtest/gtest.h>
 
-#include <array>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -415,21 +413,6 @@ TEST(Hook, ApplyPosencAddsToQueriesAndKeysOnly) {
   EXPECT_TRUE(bit_identical(in.v, plain.v));
   attnbench::apply_posenc("", in);  // no encoding: unchanged
   EXPECT_THROW(attnbench::apply_posenc("axial:shape=4x4", in), UsageError);
-}
-
-struct CliResult {
-  int code;
-  std::string output;
-};
-
-CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(ATTNBENCH_EXE) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 TEST(Cli, PosencWritesEncodingWeightsAndJson) {

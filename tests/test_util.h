@@ -2,6 +2,11 @@
 #pragma once
 
 #include <omp.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
 
 #include <cmath>
 #include <vector>
@@ -58,5 +63,27 @@ auto with_threads(int threads, F&& f) {
 inline bool bit_identical(const Tensor& a, const Tensor& b) {
   return a.size() == b.size() && std::equal(a.data(), a.data() + a.size(), b.data());
 }
+
+struct CliResult {
+  int code;            // exit code, -1 if the process did not exit normally
+  std::string output;  // stdout and stderr
+};
+
+// Runs a shell command line and captures its output and exit code.
+inline CliResult run_shell(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+#ifdef ATTNBENCH_EXE
+// Runs the attnbench executable built alongside the tests.
+inline CliResult run_cli(const std::string& args) {
+  return run_shell(std::string(ATTNBENCH_EXE) + " " + args);
+}
+#endif
 
 }  // namespace attn::test

@@ -50,14 +50,7 @@ class Learned final : public Encoding {
 
   void add_to(float* x, int64_t rows, int64_t n) const override {
     check_rows(n);
-    const int64_t d = dim_;
-#pragma omp parallel for schedule(static)
-    for (int64_t rj = 0; rj < rows * n; ++rj) {
-      float* xr = x + rj * d;
-      const float* e = table_.data() + (rj % n) * d;
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) xr[c] += e[c];
-    }
+    add_table(table_.data(), x, rows, n);
   }
 
   void save_weights(const std::string& dir) const override {

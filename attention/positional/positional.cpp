@@ -10,11 +10,6 @@
 namespace attn::positional {
 namespace {
 
-using attn::splitmix64;
-double unit(uint64_t bits) {
-  return attn::unit_interval(bits);
-}
-
 std::string trim(const std::string& s) {
   size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
@@ -92,16 +87,7 @@ std::vector<int64_t> parse_factors(const std::string& text, const std::string& w
 }
 
 void fill_normal(float* p, int64_t count, uint64_t seed, uint64_t stream) {
-  const uint64_t base = splitmix64(seed ^ splitmix64(stream + 0x9e37));
-#pragma omp parallel for schedule(static)
-  for (int64_t pair = 0; pair < (count + 1) / 2; ++pair) {
-    // Box-Muller: two uniforms give two independent normals.
-    const double u1 = unit(splitmix64(base + 2 * uint64_t(pair)));
-    const double u2 = unit(splitmix64(base + 2 * uint64_t(pair) + 1));
-    const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
-    p[2 * pair] = float(r * std::cos(a));
-    if (2 * pair + 1 < count) p[2 * pair + 1] = float(r * std::sin(a));
-  }
+  fill_normal_stream(p, count, splitmix64(seed ^ splitmix64(stream + 0x9e37)));
 }
 
 std::vector<float> read_table(const std::string& path, int64_t rows, int64_t cols) {
@@ -133,11 +119,15 @@ void Encoding::add_to(float* x, int64_t rows, int64_t n) const {
   check_rows(n);
   FloatBuffer table(size_t(n) * dim_);
   encode(n, table.data());
+  add_table(table.data(), x, rows, n);
+}
+
+void Encoding::add_table(const float* table, float* x, int64_t rows, int64_t n) const {
   const int64_t d = dim_;
 #pragma omp parallel for schedule(static)
   for (int64_t rj = 0; rj < rows * n; ++rj) {
     float* xr = x + rj * d;
-    const float* e = table.data() + (rj % n) * d;
+    const float* e = table + (rj % n) * d;
 #pragma omp simd
     for (int64_t c = 0; c < d; ++c) xr[c] += e[c];
   }

@@ -49,6 +49,8 @@ class Encoding {
   void check_ready() const;
   // check_ready(), then UsageError unless 0 < n ≤ positions().
   void check_rows(int64_t n) const;
+  // x[r, j, :] += table[j, :] for every r < rows, j < n.
+  void add_table(const float* table, float* x, int64_t rows, int64_t n) const;
   int64_t positions_ = 0, dim_ = 0;
 };
 
