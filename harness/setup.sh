@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs what attnbench needs from Debian 12 packages; does nothing when all are present.
+# Every package the build or the tests use is named here, including those Debian only
+# *recommends*: this script installs with --no-install-recommends, so a recommended package
+# that the build needs would be missing on a fresh machine.
+#   ocl-icd-opencl-dev  libdnnl-dev's CMake config (dnnl-config.cmake) calls find_package(OpenCL)
+#   clang, libclang-rt-14-dev  the libFuzzer targets (tests/fuzz) run by CTest
 set -euo pipefail
-packages=(cmake g++ make git libdnnl-dev libboost-program-options-dev libbenchmark-dev
-          libgtest-dev googletest nlohmann-json3-dev python3-matplotlib)
+packages=(cmake g++ make git libdnnl-dev ocl-icd-opencl-dev libboost-program-options-dev
+          libbenchmark-dev libgtest-dev googletest nlohmann-json3-dev python3-matplotlib
+          clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
