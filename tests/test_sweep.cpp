@@ -50,7 +50,7 @@ TEST(SweepConfig, ParsesEveryKey) {
   EXPECT_EQ(c.dim, 32);
   EXPECT_EQ(c.heads, 4);
   EXPECT_EQ(c.batch, 2);
-  EXPECT_TRUE(c.causal);
+  EXPECT_EQ(c.causal, std::vector<bool>{true});
   EXPECT_EQ(c.dists, (std::vector<std::string>{"gaussian", "local"}));
   EXPECT_EQ(c.seeds, (std::vector<uint64_t>{0, 7}));
   EXPECT_EQ(c.threads, 1);
