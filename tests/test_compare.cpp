@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "attention/registry.h"
 #include "harness/stats.h"
 
 #include "test_util.h"
@@ -139,14 +140,74 @@ TEST(Compare, AccuracyRegressionBeyondToleranceFails) {
   EXPECT_EQ(compare(baseline(), now, "--error-tolerance 0.25").code, 0);
   now["rows"][1]["rel_err"] = 0.08 * 1.04;  // within the default 5%
   EXPECT_EQ(compare(baseline(), now).code, 0);
-  // full's 1e-7: a 50% change is fp32 rounding noise, inside the absolute epsilon...
-  now["rows"][0]["rel_err"] = 1.5e-7;
+  // full's 1e-7: errors are deterministic, so even an exact variant's tiny error is held to
+  // 5 % of itself (an absolute epsilon of 1e-6 once let a tripling through).
+  now["rows"][0]["rel_err"] = 1.04e-7;
   EXPECT_EQ(compare(baseline(), now).code, 0);
-  // ...but a real bug is not.
+  now["rows"][0]["rel_err"] = 1.5e-7;
+  EXPECT_EQ(compare(baseline(), now).code, 1);
   now["rows"][0]["rel_err"] = 1e-3;
   EXPECT_EQ(compare(baseline(), now).code, 1);
   now["rows"][0]["rel_err"] = nullptr;  // NaN written as null
   EXPECT_EQ(compare(baseline(), now).code, 1);
+}
+
+TEST(Compare, TriplingOfFullsErrorIsCaught) {
+  json base = run(200, {row("full", 4e-7, kSteady)});
+  json now = run(200, {row("full", 1.2e-6, kSteady)});
+  CliResult r = compare(base, now);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("ACCURACY"), std::string::npos) << r.output;
+}
+
+// Rows as the sweep writes them now: process CPU ms per forward and the sgemm control's CPU ms
+// per GFLOP after each repetition.
+json cpu_row(double rel_err, const std::vector<double>& cpu, const std::vector<double>& control,
+             const std::vector<double>& wall) {
+  json r = row("full", rel_err, wall);
+  r["cpu_ms_reps"] = cpu, r["control_ms_reps"] = control;
+  return r;
+}
+
+TEST(Compare, CpuTimeIsDividedByItsNeighbouringControl) {
+  const std::vector<double> control(kSteady.size(), 5.0);
+  json base = run(200, {cpu_row(1e-7, kSteady, control, kSteady)});
+  // A loaded machine: everything, the control included, costs 1.8x the CPU time, and the
+  // wall time triples. The gate divides the load out and ignores wall time.
+  json now =
+      run(100, {cpu_row(1e-7, scaled(kSteady, 1.8), scaled(control, 1.8), scaled(kSteady, 3.0))});
+  CliResult r = compare(base, now);
+  EXPECT_EQ(r.code, 0) << r.output;
+  // The forward alone costs 1.5x the CPU time beside an unchanged control: a regression.
+  now = run(200, {cpu_row(1e-7, scaled(kSteady, 1.5), control, kSteady)});
+  r = compare(base, now);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("SLOWER"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1.500"), std::string::npos) << r.output;
+  // A baseline without CPU times falls back to wall time in units of the ceiling.
+  json old = run(200, {row("full", 1e-7, kSteady)});
+  EXPECT_EQ(compare(old, run(200, {cpu_row(1e-7, kSteady, control, scaled(kSteady, 2))})).code, 1);
+}
+
+TEST(Compare, EveryRegisteredVariantNeedsBaselineCasesCausalAndNot) {
+  CliResult r = compare(baseline(), baseline(), "--require-every-variant");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("UNCOVERED: registered variant lsh (non-causal)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("UNCOVERED: registered variant full (causal)"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("full (non-causal)"), std::string::npos) << r.output;
+  std::vector<json> rows;
+  for (const auto& info : attn::variants())
+    for (bool causal : {false, true}) {
+      json x = row(info.name, 0.1, kSteady);
+      x["causal"] = causal;
+      x["key"] = info.name + (causal ? "|causal=1" : "|causal=0");
+      rows.push_back(x);
+    }
+  r = compare(run(200, rows), run(200, rows), "--require-every-variant");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("0 uncovered variants"), std::string::npos) << r.output;
 }
 
 TEST(Compare, SignificantSlowdownFails) {
