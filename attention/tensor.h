@@ -32,7 +32,7 @@ struct Shape {
   float softmax_scale() const;
   int64_t heads_total() const { return batch * heads; }
   // Model FLOPs of exact dense attention: 4·D per visible (query, key) pair, n(n+1)/2 pairs
-  // per head when causal (ALGORITHMS.md §1, §7).
+  // per head when causal (docs/ALGORITHMS.md §FLOPs).
   double dense_flops() const;
   // Throws UsageError unless every size is positive (and causal problems are square).
   void check() const;
