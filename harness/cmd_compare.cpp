@@ -125,8 +125,9 @@ Run load_run(std::string path) {
 }
 
 struct Options {
-  double err_tol = 0.05, err_eps = 0, time_tol = 0.25, other_cpu_time_tol = 1.0, alpha = 0.01;
-  bool check_time = true, every_variant = false;
+  double err_tol = 0.05, err_eps = 0, time_tol = 0.3, other_cpu_time_tol = 1.0, alpha = 0.01;
+  double global_time_tol = 0.5;
+  bool check_time = true, every_variant = false, drift_correction = true;
 };
 
 // The per-repetition cost both runs can be compared on: the load-robust CPU/control measure
@@ -159,11 +160,51 @@ std::string fmt(const char* format, double v) {
 }
 
 struct Line {
-  std::string key, err_base, err_new, err_change, time_ratio, p, verdict;
+  std::string key, err_base, err_new, err_change, raw_ratio, time_ratio, p, verdict;
 };
 
+// What load did to the whole run. Load inflates every case, memory-heavy ones more than the
+// compute-bound sgemm control can tell; the run itself measures it: for a variant, the median
+// time ratio (new/base) of the OTHER variants' cases. Dividing it out leaves what changed in
+// that variant alone. A regression shared by most cases is caught by the global check instead.
+constexpr size_t kMinDriftCases = 4;
+
+struct Drift {
+  std::map<std::string, double> per_variant;  // median ratio of the other variants' cases
+  double all = 1;                             // median ratio of every case
+  size_t cases = 0;
+  double of(const std::string& variant) const {
+    auto it = per_variant.find(variant);
+    return it == per_variant.end() ? 1.0 : it->second;
+  }
+};
+
+Drift measure_drift(const Run& base, const Run& now) {
+  std::vector<std::pair<std::string, double>> ratios;
+  for (const Row& b : base.rows) {
+    auto it = now.index.find(b.key);
+    if (!b.ok() || it == now.index.end() || !now.rows[it->second].ok()) continue;
+    const auto [base_cost, new_cost] = comparable_costs(b, now.rows[it->second]);
+    ratios.emplace_back(b.variant, median(*new_cost) / median(*base_cost));
+  }
+  Drift d;
+  d.cases = ratios.size();
+  std::vector<double> all;
+  for (const auto& r : ratios) all.push_back(r.second);
+  if (!all.empty()) d.all = median(all);
+  for (const auto& [variant, unused] : ratios) {
+    std::vector<double> others;
+    for (const auto& r : ratios)
+      if (r.first != variant) others.push_back(r.second);
+    // Too few other cases to estimate the load from: no correction.
+    d.per_variant[variant] = others.size() >= kMinDriftCases ? median(others) : 1.0;
+  }
+  return d;
+}
+
 // Compares one case present in both runs.
-Line compare_case(const Row& b, const Row& n, const Options& o, double time_tol, Verdict& v) {
+Line compare_case(const Row& b, const Row& n, const Options& o, double time_tol, double drift,
+                  Verdict& v) {
   Line l{b.key};
   if (!b.ok() || !n.ok()) {
     if (b.ok())
@@ -178,12 +219,15 @@ Line compare_case(const Row& b, const Row& n, const Options& o, double time_tol,
   l.err_base = fmt("%.3e", b.rel_err), l.err_new = fmt("%.3e", n.rel_err);
   if (b.rel_err > 0) l.err_change = fmt("%+.1f%%", 100 * (n.rel_err / b.rel_err - 1));
   if (accuracy_regressed(b.rel_err, n.rel_err, o)) v.add("ACCURACY", true);
-  const auto [base_cost, new_cost] = comparable_costs(b, n);
-  const double ratio = median(*new_cost) / median(*base_cost);
+  const auto [base_cost, raw_new_cost] = comparable_costs(b, n);
+  std::vector<double> new_cost;
+  for (double c : *raw_new_cost) new_cost.push_back(c / drift);
+  const double ratio = median(new_cost) / median(*base_cost);
+  l.raw_ratio = fmt("%.3f", ratio * drift);
   l.time_ratio = fmt("%.3f", ratio);
   if (o.check_time) {
-    const double p_slower = mann_whitney_greater(*new_cost, *base_cost).p;
-    const double p_faster = mann_whitney_greater(*base_cost, *new_cost).p;
+    const double p_slower = mann_whitney_greater(new_cost, *base_cost).p;
+    const double p_faster = mann_whitney_greater(*base_cost, new_cost).p;
     if (ratio > 1 + time_tol && p_slower < o.alpha) v.add("SLOWER", true);
     if (ratio < 1 / (1 + time_tol) && p_faster < o.alpha) v.add("faster", false);
     l.p = fmt("%.3g", ratio >= 1 ? p_slower : p_faster);
@@ -195,12 +239,12 @@ Line compare_case(const Row& b, const Row& n, const Options& o, double time_tol,
 void print_table(const std::vector<Line>& lines) {
   size_t w = 3;
   for (const auto& l : lines) w = std::max(w, l.key.size());
-  std::printf("%-*s  %12s  %11s  %8s  %8s  %7s  %s\n", int(w), "key", "rel_err base", "rel_err new",
-              "err chg", "time x", "p", "verdict");
+  std::printf("%-*s  %12s  %11s  %8s  %7s  %8s  %7s  %s\n", int(w), "key", "rel_err base",
+              "rel_err new", "err chg", "raw x", "time x", "p", "verdict");
   for (const auto& l : lines)
-    std::printf("%-*s  %12s  %11s  %8s  %8s  %7s  %s\n", int(w), l.key.c_str(), l.err_base.c_str(),
-                l.err_new.c_str(), l.err_change.c_str(), l.time_ratio.c_str(), l.p.c_str(),
-                l.verdict.c_str());
+    std::printf("%-*s  %12s  %11s  %8s  %7s  %8s  %7s  %s\n", int(w), l.key.c_str(),
+                l.err_base.c_str(), l.err_new.c_str(), l.err_change.c_str(), l.raw_ratio.c_str(),
+                l.time_ratio.c_str(), l.p.c_str(), l.verdict.c_str());
 }
 
 void describe_runs(const Run& base, const Run& now, const Options& o, double time_tol) {
@@ -209,10 +253,12 @@ void describe_runs(const Run& base, const Run& now, const Options& o, double tim
                 r == &base ? "baseline" : "new     ", r->path.c_str(), r->cpu.c_str(), r->threads,
                 r->ceiling, r->wait_policy.empty() ? "(unset)" : r->wait_policy.c_str());
   std::printf(
-      "time x = median(new) / median(baseline) of per-repetition process CPU time ÷ the sgemm "
+      "raw x = median(new) / median(baseline) of per-repetition process CPU time ÷ the sgemm "
       "control measured after that repetition (wall time × sgemm ceiling for rows without "
-      "it); slower counts when > %.2f and one-sided Mann-Whitney p < %g\n",
-      1 + time_tol, o.alpha);
+      "it); time x = raw x ÷ the median raw x of the other variants' cases (the run's load); "
+      "slower counts when time x > %.2f and one-sided Mann-Whitney p < %g; every case slower "
+      "counts when the median raw x of all cases > %.2f\n",
+      1 + time_tol, o.alpha, 1 + o.global_time_tol);
   if (base.cpu != now.cpu && o.check_time)
     std::printf(
         "warning: different CPUs (%s vs %s): a kernel's cost relative to sgemm differs between "
@@ -273,7 +319,7 @@ int cmd_compare(const Args& args) {
   namespace po = boost::program_options;
   std::string base_path, new_path;
   Options o;
-  bool no_time = false;
+  bool no_time = false, no_drift = false;
   po::options_description opts(
       "attnbench compare BASELINE.json NEW.json  (a sweep directory stands for its "
       "results.json; exit 0: no regression, 1: regression, 2: usage error or malformed file)");
@@ -282,7 +328,7 @@ int cmd_compare(const Args& args) {
       "relative rel_err increase allowed (new > base·(1+R) + epsilon is a regression)")(
       "error-epsilon", po::value(&o.err_eps)->default_value(0, "0"),
       "absolute rel_err slack on top of the relative tolerance")(
-      "time-tolerance", po::value(&o.time_tol)->default_value(0.25, "0.25"),
+      "time-tolerance", po::value(&o.time_tol)->default_value(0.3, "0.3"),
       "relative slowdown allowed (CPU time per control) before a significant one fails")(
       "other-cpu-time-tolerance", po::value(&o.other_cpu_time_tol)->default_value(1.0, "1.0"),
       "the same when the two runs come from different CPU models (never below "
@@ -291,8 +337,12 @@ int cmd_compare(const Args& args) {
                            "repetitions")("no-time", po::bool_switch(&no_time),
                                           "skip the time check (accuracy, missing and skipped "
                                           "cases only)")(
-      "require-every-variant", po::bool_switch(&o.every_variant),
-      "fail unless the baseline has cases of every registered variant, causal and not");
+      "global-time-tolerance", po::value(&o.global_time_tol)->default_value(0.5, "0.5"),
+      "median slowdown of all cases allowed (a regression every variant shares)")(
+      "no-drift-correction", po::bool_switch(&no_drift),
+      "compare each case's time as measured, without dividing out the other variants' "
+      "median")("require-every-variant", po::bool_switch(&o.every_variant),
+                "fail unless the baseline has cases of every registered variant, causal and not");
   po::options_description hidden;
   hidden.add_options()("baseline", po::value(&base_path), "")("new", po::value(&new_path), "");
   po::options_description all;
@@ -310,6 +360,8 @@ int cmd_compare(const Args& args) {
         "--error-tolerance, --error-epsilon and the time tolerances must be >= 0");
   if (!(o.alpha > 0 && o.alpha < 1)) throw attn::UsageError("--alpha must be in (0, 1)");
   o.check_time = !no_time;
+  o.drift_correction = !no_drift;
+  if (!(o.global_time_tol >= 0)) throw attn::UsageError("--global-time-tolerance must be >= 0");
 
   const Run base = load_run(base_path), now = load_run(new_path);
   const double time_tol =
@@ -317,6 +369,7 @@ int cmd_compare(const Args& args) {
   describe_runs(base, now, o, time_tol);
   if (o.check_time) warn_if_too_few_reps(base, now, o);
 
+  const Drift drift = measure_drift(base, now);
   std::vector<Line> lines;
   int regressions = 0, missing = 0, added = 0;
   for (const Row& b : base.rows) {
@@ -324,19 +377,28 @@ int cmd_compare(const Args& args) {
     auto it = now.index.find(b.key);
     if (it == now.index.end()) {
       v.add("MISSING in new", true);
-      lines.push_back({b.key, fmt("%.3e", b.rel_err), "", "", "", "", v.text});
+      lines.push_back({b.key, fmt("%.3e", b.rel_err), "", "", "", "", "", v.text});
       ++missing, ++regressions;
       continue;
     }
-    lines.push_back(compare_case(b, now.rows[it->second], o, time_tol, v));
+    lines.push_back(compare_case(b, now.rows[it->second], o, time_tol,
+                                 o.drift_correction ? drift.of(b.variant) : 1.0, v));
     regressions += v.regression;
   }
   for (const Row& n : now.rows)
     if (!base.index.count(n.key)) {
-      lines.push_back({n.key, "", fmt("%.3e", n.rel_err), "", "", "", "new case (not compared)"});
+      lines.push_back(
+          {n.key, "", fmt("%.3e", n.rel_err), "", "", "", "", "new case (not compared)"});
       ++added;
     }
   print_table(lines);
+  std::printf("\nload drift: median raw time x of all %zu cases %.3f\n", drift.cases, drift.all);
+  // With so few cases the per-case check is the whole story (and no drift is divided out).
+  if (o.check_time && drift.cases >= kMinDriftCases && drift.all > 1 + o.global_time_tol) {
+    std::printf("EVERY CASE SLOWER: median raw time x %.3f > %.2f\n", drift.all,
+                1 + o.global_time_tol);
+    ++regressions;
+  }
   const std::vector<std::string> uncovered =
       o.every_variant ? uncovered_variants(base) : std::vector<std::string>{};
   for (const auto& u : uncovered)
