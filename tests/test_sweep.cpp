@@ -37,14 +37,36 @@ fs::path scratch(const std::string& name) {
   return d;
 }
 
+// The keys the parser accepts, from the list its unknown-key error gives.
+std::vector<std::string> accepted_keys() {
+  try {
+    parse("variant = full\nseq = 64\nno_such_key = 1\n");
+  } catch (const UsageError& e) {
+    const std::string msg = e.what(), from = "valid keys: ";
+    std::vector<std::string> keys;
+    std::istringstream list(msg.substr(msg.find(from) + from.size()));
+    for (std::string k; std::getline(list, k, ',');)
+      keys.push_back(k.substr(k.find_first_not_of(' ')));
+    return keys;
+  }
+  ADD_FAILURE() << "an unknown key was accepted";
+  return {};
+}
+
+const std::string kEveryKey =
+    "# comment header\n"
+    "variant = full\nvariant = full_materialized\n"
+    "seq = 512, 1024,2048\ndim = 32\nheads = 4\nbatch = 2\ncausal = true\n"
+    "dist = gaussian\ndist = local\nseed = 0\nseed = 7\nthreads = 1\nreps = 3\n"
+    "min_time = 0.02\nmax_seconds = 5\nmax_memory_gib = 1.5\nposenc = axial:shape=32x64\n"
+    "ref_sample = 64\nref_all_rows_max = 1024\n";
+
 TEST(SweepConfig, ParsesEveryKey) {
-  SweepConfig c = parse(
-      "# comment header\n"
-      "variant = full\nvariant = full_materialized\n"
-      "seq = 512, 1024,2048\ndim = 32\nheads = 4\nbatch = 2\ncausal = true\n"
-      "dist = gaussian\ndist = local\nseed = 0\nseed = 7\nthreads = 1\nreps = 3\n"
-      "min_time = 0.02\nmax_seconds = 5\nmax_memory_gib = 1.5\nposenc =\n"
-      "ref_sample = 64\nref_all_rows_max = 1024\n");
+  const std::vector<std::string> keys = accepted_keys();
+  ASSERT_GE(keys.size(), 16u) << "the error's key list did not parse";
+  for (const std::string& k : keys)  // a key added to the parser must be added here too
+    EXPECT_NE(kEveryKey.find("\n" + k + " = "), std::string::npos) << k << " not exercised";
+  SweepConfig c = parse(kEveryKey);
   EXPECT_EQ(c.variants, (std::vector<std::string>{"full", "full_materialized"}));
   EXPECT_EQ(c.seqs, (std::vector<int64_t>{512, 1024, 2048}));
   EXPECT_EQ(c.dim, 32);
@@ -58,24 +80,36 @@ TEST(SweepConfig, ParsesEveryKey) {
   EXPECT_DOUBLE_EQ(c.min_time, 0.02);
   EXPECT_DOUBLE_EQ(c.max_seconds, 5);
   EXPECT_DOUBLE_EQ(c.max_memory_gib, 1.5);
-  EXPECT_EQ(c.posenc, "");
+  EXPECT_EQ(c.posenc, "axial:shape=32x64");
   EXPECT_EQ(c.ref_sample, 64);
   EXPECT_EQ(c.ref_all_rows_max, 1024);
   // 2 variants x 2 dists x 3 n x 2 seeds, distribution outermost and n ascending.
   auto cases = attnbench::expand_cases(c);
   ASSERT_EQ(cases.size(), 24u);
-  EXPECT_EQ(cases[0].key(), "full|B=2|H=4|N=512|D=32|causal=1|dist=gaussian|seed=0|posenc=");
+  EXPECT_EQ(cases[0].key(),
+            "full|B=2|H=4|N=512|D=32|causal=1|dist=gaussian|seed=0|posenc=axial:shape=32x64");
   EXPECT_EQ(cases[1].seed, 7u);
   EXPECT_EQ(cases[2].shape.nq, 1024);
   EXPECT_EQ(cases[12].dist, "local");
 }
 
+// Every key but variant and seq is optional; the defaults are the documented ones (sweep.h).
 TEST(SweepConfig, DefaultsForOptionalKeys) {
   SweepConfig c = parse("variant = full\nseq = 64\n");
+  EXPECT_EQ(c.dim, 64);
+  EXPECT_EQ(c.heads, 8);
+  EXPECT_EQ(c.batch, 1);
+  EXPECT_FALSE(c.causal);
   EXPECT_EQ(c.dists, (std::vector<std::string>{"gaussian"}));
   EXPECT_EQ(c.seeds, (std::vector<uint64_t>{0}));
+  EXPECT_EQ(c.posenc, "");
+  EXPECT_EQ(c.threads, 0);
   EXPECT_EQ(c.reps, 5);
+  EXPECT_DOUBLE_EQ(c.min_time, 0.05);
   EXPECT_EQ(c.max_seconds, 0);
+  EXPECT_EQ(c.max_memory_gib, 0);
+  EXPECT_EQ(c.ref_sample, 256);
+  EXPECT_EQ(c.ref_all_rows_max, 4096);
 }
 
 TEST(SweepConfig, EveryMalformedConfigIsAOneLineUsageError) {
