@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "attention/npy.h"
@@ -135,9 +136,12 @@ TEST(Cli, RunPrintsOneRowPerVariantAndSize) {
       run_cli("run --variant full --variant full_materialized --seq 64,100 --heads 2 --reps 1");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("sgemm ceiling"), std::string::npos);
-  const std::vector<std::pair<std::string, int64_t>> expect = {
+  // Each (variant, n) exactly once, in whatever order the sweep runs them.
+  using Rows = std::multiset<std::pair<std::string, int64_t>>;
+  const Rows expect = {
       {"full", 64}, {"full", 100}, {"full_materialized", 64}, {"full_materialized", 100}};
-  EXPECT_EQ(printed_rows(r.output), expect) << r.output;
+  const auto rows = printed_rows(r.output);
+  EXPECT_EQ(Rows(rows.begin(), rows.end()), expect) << r.output;
 }
 
 }  // namespace
