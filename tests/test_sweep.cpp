@@ -99,7 +99,7 @@ TEST(SweepConfig, DefaultsForOptionalKeys) {
   EXPECT_EQ(c.dim, 64);
   EXPECT_EQ(c.heads, 8);
   EXPECT_EQ(c.batch, 1);
-  EXPECT_FALSE(c.causal);
+  EXPECT_EQ(c.causal, std::vector<bool>{false});
   EXPECT_EQ(c.dists, (std::vector<std::string>{"gaussian"}));
   EXPECT_EQ(c.seeds, (std::vector<uint64_t>{0}));
   EXPECT_EQ(c.posenc, "");
