@@ -125,7 +125,7 @@ Run load_run(std::string path) {
 }
 
 struct Options {
-  double err_tol = 0.05, err_eps = 0, time_tol = 0.3, other_cpu_time_tol = 1.0, alpha = 0.01;
+  double err_tol = 0.05, err_eps = 0, time_tol = 0.35, other_cpu_time_tol = 1.0, alpha = 0.01;
   double global_time_tol = 0.5;
   bool check_time = true, every_variant = false, drift_correction = true;
 };
@@ -328,7 +328,7 @@ int cmd_compare(const Args& args) {
       "relative rel_err increase allowed (new > base·(1+R) + epsilon is a regression)")(
       "error-epsilon", po::value(&o.err_eps)->default_value(0, "0"),
       "absolute rel_err slack on top of the relative tolerance")(
-      "time-tolerance", po::value(&o.time_tol)->default_value(0.3, "0.3"),
+      "time-tolerance", po::value(&o.time_tol)->default_value(0.35, "0.35"),
       "relative slowdown allowed (CPU time per control) before a significant one fails")(
       "other-cpu-time-tolerance", po::value(&o.other_cpu_time_tol)->default_value(1.0, "1.0"),
       "the same when the two runs come from different CPU models (never below "
