@@ -57,6 +57,21 @@ std::vector<int64_t> parse_shape(const std::string& text, const std::string& nam
   return shape;
 }
 
+// True when a finite double rounds to a finite float. Round-to-nearest sends everything below
+// the midpoint between FLT_MAX and 2^128 to at most FLT_MAX and the rest to Inf; converting
+// such a value is undefined behaviour in C++ ([conv.double]), so it must be caught first.
+bool fits_float(double v) {
+  constexpr double kFloatRoundsToInf = 0x1.ffffffp+127;  // FLT_MAX + half an ulp
+  return std::fabs(v) < kFloatRoundsToInf;
+}
+
+[[noreturn]] void bad_range(const std::string& name, double v, size_t i) {
+  char value[32];
+  std::snprintf(value, sizeof value, "%.6g", v);
+  bad(name, std::string("value ") + value + " at flat index " + std::to_string(i) +
+                " is outside the float32 range (|x| <= 3.40282e+38); inputs must fit in float32");
+}
+
 }  // namespace
 
 NpyArray parse_npy(const std::string& bytes, const std::string& name) {
@@ -112,6 +127,7 @@ NpyArray parse_npy(const std::string& bytes, const std::string& name) {
     if (!std::isfinite(v))
       bad(name,
           "contains NaN or Inf at flat index " + std::to_string(i) + "; inputs must be finite");
+    if (!fits_float(v)) bad_range(name, v, i);
     arr.data[i] = static_cast<float>(v);
   }
   return arr;

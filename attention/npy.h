@@ -13,7 +13,8 @@ struct NpyArray {
 };
 
 // Throws RuntimeError with a one-line message naming the file and the problem: bad magic or
-// header, Fortran order, a dtype other than <f4/<f8, truncated data, NaN/Inf values.
+// header, Fortran order, a dtype other than <f4/<f8, truncated data, NaN/Inf values, float64
+// values that would round to ±Inf in float32.
 NpyArray read_npy(const std::string& path);
 // Writes float32 atomically (temporary file, then rename).
 void write_npy(const std::string& path, const std::vector<int64_t>& shape, const float* data);
