@@ -94,8 +94,14 @@ class FileSource final : public Source {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) throw RuntimeError(path + ": cannot open file");
     struct stat st;
-    if (::fstat(fd_, &st) != 0) fail_read();
-    if (S_ISDIR(st.st_mode)) bad(path, "is a directory, not a .npy file");
+    const bool stat_ok = ::fstat(fd_, &st) == 0;
+    const std::string why = !stat_ok              ? std::string("read failed: ") + strerror(errno)
+                            : S_ISDIR(st.st_mode) ? "is a directory, not a .npy file"
+                                                  : "";
+    if (!why.empty()) {
+      ::close(fd_);  // the destructor does not run when the constructor throws
+      bad(path, why);
+    }
     if (S_ISREG(st.st_mode)) left_ = size_t(st.st_size);
   }
   ~FileSource() override { ::close(fd_); }

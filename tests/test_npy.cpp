@@ -232,9 +232,16 @@ TEST(Npy, ReadsFromPipes) {
   std::signal(SIGPIPE, old_handler);
 }
 
-TEST(Npy, DirectoryIsRuntimeError) {
+// ...and the descriptor opened to find out is closed again.
+TEST(Npy, DirectoryIsRuntimeErrorAndLeaksNoDescriptor) {
   const auto dir = scratch("dir");
-  EXPECT_NE(read_error(dir.string()).find("is a directory"), std::string::npos);
+  auto open_fds = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"), {});
+  };
+  const auto before = open_fds();
+  for (int i = 0; i < 20; ++i)
+    EXPECT_NE(read_error(dir.string()).find("is a directory"), std::string::npos);
+  EXPECT_EQ(open_fds(), before);
 }
 
 // The destination is asked for with the file's shape before any data is read, and what it
