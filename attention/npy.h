@@ -2,7 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace attn {
@@ -13,15 +16,23 @@ struct NpyArray {
 };
 
 // Throws RuntimeError with a one-line message naming the file and the problem: bad magic or
-// header, Fortran order, a dtype other than <f4/<f8, truncated data, NaN/Inf values.
+// header, Fortran order, a dtype other than <f4/<f8, truncated data, NaN/Inf values, float64
+// values that would round to ±Inf in float32.
 NpyArray read_npy(const std::string& path);
+// Given the file's shape, returns room for its product of floats (or throws to refuse it).
+using NpyDestination = std::function<float*(const std::vector<int64_t>& shape)>;
+// read_npy straight into the caller's buffer (e.g. a Tensor's): the file is read once, in
+// chunks checked and converted while in cache, with no intermediate copy. Returns the shape.
+std::vector<int64_t> read_npy_into(const std::string& path, const NpyDestination& dest);
 // Writes float32 atomically (temporary file, then rename).
 void write_npy(const std::string& path, const std::vector<int64_t>& shape, const float* data);
-// Parses an in-memory .npy image (used by read_npy; exposed for tests).
+// Parses an in-memory .npy image by the same code as read_npy (exposed for tests and fuzzing).
 NpyArray parse_npy(const std::string& bytes, const std::string& name);
 
 // Writes `contents` to `path` through a temporary file in the same directory and a rename,
 // so readers never see a half-written file.
 void write_file_atomic(const std::string& path, const std::string& contents);
+// The same for a file made of several pieces, written in order without joining them first.
+void write_file_atomic(const std::string& path, std::initializer_list<std::string_view> parts);
 
 }  // namespace attn

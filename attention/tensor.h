@@ -62,6 +62,9 @@ class Tensor {
 
  private:
   struct Free {
+    Free() : align(64) {}
+    explicit Free(size_t a) : align(a) {}
+    size_t align;  // what the buffer was allocated with (see the constructor)
     void operator()(float* p) const;
   };
   int64_t b_ = 0, h_ = 0, n_ = 0, d_ = 0;

@@ -8,18 +8,23 @@
 namespace attnbench {
 namespace {
 
-// [B,H,N,D], [H,N,D] or [N,D] -> a [B,H,N,D] tensor.
-attn::Tensor to_tensor(const attn::NpyArray& a, const std::string& path) {
-  std::vector<int64_t> s = a.shape;
-  if (s.size() < 2 || s.size() > 4)
-    throw attn::RuntimeError(path +
-                             ": expected a 2-D [N,D], 3-D [H,N,D] or 4-D [B,H,N,D] array, got " +
-                             std::to_string(s.size()) + "-D");
-  while (s.size() < 4) s.insert(s.begin(), 1);
-  for (int64_t d : s)
-    if (d == 0) throw attn::RuntimeError(path + ": array has a zero-length dimension");
-  attn::Tensor t(s[0], s[1], s[2], s[3]);
-  std::copy(a.data.begin(), a.data.end(), t.data());
+// A [B,H,N,D], [H,N,D] or [N,D] .npy read straight into a [B,H,N,D] tensor; the shape is
+// checked from the header, before anything is allocated. `rank` gets the file's rank.
+attn::Tensor read_tensor(const std::string& path, size_t& rank) {
+  attn::Tensor t;
+  attn::read_npy_into(path, [&](const std::vector<int64_t>& shape) {
+    std::vector<int64_t> s = shape;
+    if (s.size() < 2 || s.size() > 4)
+      throw attn::RuntimeError(path +
+                               ": expected a 2-D [N,D], 3-D [H,N,D] or 4-D [B,H,N,D] array, got " +
+                               std::to_string(s.size()) + "-D");
+    while (s.size() < 4) s.insert(s.begin(), 1);
+    for (int64_t d : s)
+      if (d == 0) throw attn::RuntimeError(path + ": array has a zero-length dimension");
+    rank = shape.size();
+    t = attn::Tensor(s[0], s[1], s[2], s[3]);
+    return t.data();
+  });
   return t;
 }
 
@@ -55,9 +60,8 @@ int cmd_apply(const Args& args) {
   set_threads(threads);
 
   auto attention = attn::make_attention(spec);
-  attn::NpyArray qa = attn::read_npy(qp), ka = attn::read_npy(kp), va = attn::read_npy(vp);
-  const size_t q_rank = qa.shape.size();
-  attn::Tensor q = to_tensor(qa, qp), k = to_tensor(ka, kp), v = to_tensor(va, vp);
+  size_t q_rank = 0, rank = 0;
+  attn::Tensor q = read_tensor(qp, q_rank), k = read_tensor(kp, rank), v = read_tensor(vp, rank);
   if (q.batch() != k.batch() || q.heads() != k.heads() || q.dim() != k.dim())
     throw attn::RuntimeError("q " + dims(q) + " and k " + dims(k) +
                              " must agree in batch, heads and head dim");
