@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 
+#include "attention/npy.h"
 #include "attention/plan.h"
 #include "test_util.h"
 
@@ -18,6 +19,12 @@ const std::map<std::string, std::vector<std::string>> kExtraSpecs = {
     {"sliding_window", {"sliding_window:radius=9,dilation=3", "sliding_window:radius=0"}},
     {"longformer",
      {"longformer:radius=20,dilation=2,global_idx=3;100;129", "longformer:radius=7,global=70"}},
+    {"bigbird",
+     {"bigbird:block=32,window=1,global=1,random=2,seed=4", "bigbird:block=100,global=0,random=1",
+      "bigbird:block=7,window=5,global=3,random=0"}},
+    {"sink_window", {"sink_window:window=10,sinks=70", "sink_window:window=1,sinks=0"}},
+    {"block_sparse",
+     {"block_sparse:block=32,density=0.3,seed=2", "block_sparse:block=100,density=1"}},
 };
 
 // Row i's keys of one head pattern, written out element by element from the plan's own
@@ -182,6 +189,162 @@ TEST(TilePlan, BrokenPlansAreCaughtByFinish) {
   p.spans.back().keys.count = 7;
   EXPECT_NO_THROW(plan.finish());
   EXPECT_EQ(plan.pairs(), 5 * 10 + 5 * 7);
+}
+
+// visited_keys() of every row against a definition of the pattern.
+template <class Visible>
+void expect_rows(const std::string& spec, const Shape& s, Visible&& visible) {
+  auto a = make_attention(spec);
+  a->validate(s);
+  VisitedKeys keys;
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t i = 0; i < s.nq; ++i) {
+      std::vector<int64_t> expect;
+      for (int64_t j = 0; j < s.nk; ++j)
+        if (visible(h, i, j)) expect.push_back(j);
+      ASSERT_TRUE(a->visited_keys(s, 0, h, i, keys));
+      ASSERT_EQ(keys, VisitedKeys{expect})
+          << spec << " " << s.str() << " head " << h << " row " << i;
+    }
+}
+
+TEST(SinkWindow, IsTheStreamingLlmPattern) {
+  for (int64_t n : {1, 50, 200})
+    for (bool causal : {false, true}) {
+      const int64_t W = 13, S = 4;
+      expect_rows("sink_window:window=13,sinks=4", Shape{1, 1, n, n, 16, causal},
+                  [&](int64_t, int64_t i, int64_t j) { return j <= i && (j < S || i - j < W); });
+    }
+}
+
+// BigBird's blocks from the definition: the window, the globals and r random blocks per
+// query block, every key of a visible block (non-causal); seeds change only the random part.
+TEST(BigBird, BlocksAreWindowGlobalsAndRandom) {
+  const int64_t b = 16, n = 200, nb = 13;
+  const Shape s{1, 2, n, n, 16, false};
+  auto a = make_attention("bigbird:block=16,window=3,global=2,random=3,seed=5");
+  a->validate(s);
+  VisitedKeys keys;
+  std::vector<std::set<int64_t>> random_of_head(2);
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t qb = 0; qb < nb; ++qb) {
+      ASSERT_TRUE(a->visited_keys(s, 0, h, qb * b, keys));
+      std::set<int64_t> kbs;
+      for (int64_t j : keys[0]) kbs.insert(j / b);
+      int64_t keys_of_blocks = 0;  // every key of each visible block
+      for (int64_t kb : kbs) keys_of_blocks += std::min(n, (kb + 1) * b) - kb * b;
+      EXPECT_EQ(int64_t(keys[0].size()), keys_of_blocks);
+      if (qb < 2) {
+        EXPECT_EQ(int64_t(kbs.size()), nb) << "a global block's rows see everything";
+        continue;
+      }
+      int64_t random = 0;
+      for (int64_t kb : kbs) {
+        const bool window = kb >= qb - 1 && kb <= qb + 1, global = kb < 2;
+        random += !window && !global;
+        if (!window && !global) random_of_head[h].insert(qb * 100 + kb);
+      }
+      for (int64_t kb : {qb - 1, qb, qb + 1, int64_t(0), int64_t(1)})
+        if (kb >= 0 && kb < nb) {
+          EXPECT_TRUE(kbs.count(kb)) << "qb " << qb << " kb " << kb;
+        }
+      EXPECT_EQ(random, 3) << "qb " << qb;
+    }
+  EXPECT_NE(random_of_head[0], random_of_head[1]) << "heads draw their own random blocks";
+  const double f = make_attention("bigbird:block=16,seed=6")->flops(s);
+  EXPECT_EQ(f, make_attention("bigbird:block=16,seed=5")->flops(s));  // same count, other blocks
+}
+
+TEST(BigBird, RandomBlocksRoundTripThroughNpy) {
+  const Shape s{1, 2, 300, 300, 16, true};
+  const std::string dir = testing::TempDir() + "bigbird_random";
+  auto in = random_inputs(s, 3);
+  auto a = make_attention("bigbird:block=32,random=2,seed=9");
+  a->validate(s);
+  Tensor out_a(1, 2, 300, 16), out_b(1, 2, 300, 16);
+  a->forward(s, in.q, in.k, in.v, out_a);
+  a->save_random(dir, s);
+  auto b = make_attention("bigbird:block=32,random=2,seed=1");  // other seed, then imported
+  b->load_random(dir, s);
+  b->forward(s, in.q, in.k, in.v, out_b);
+  EXPECT_TRUE(bit_identical(out_a, out_b));
+  // A layout naming a window block as random is refused with the entry's position.
+  NpyArray arr = read_npy(dir + "/random_blocks.npy");
+  arr.data[2 * 5 + 0] = 4.0f;  // head 0, query block 5: block 4 is in its window
+  write_npy(dir + "/random_blocks.npy", arr.shape, arr.data.data());
+  try {
+    b->load_random(dir, s);
+    ADD_FAILURE() << "bad random block accepted";
+  } catch (const RuntimeError& e) {
+    EXPECT_NE(std::string(e.what()).find("entry [0,5,0]"), std::string::npos) << e.what();
+  }
+}
+
+std::string usage_error(const std::string& spec, const Shape& s) {
+  try {
+    make_attention(spec)->validate(s);
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(PlanVariants, BadParametersAreUsageErrors) {
+  const Shape s{1, 2, 500, 500, 16, false};
+  const std::pair<const char*, const char*> cases[] = {
+      {"bigbird:block=0", "out of range"},
+      {"bigbird:block=600", "exceeds the sequence length"},
+      {"bigbird:window=2", "must be odd"},
+      {"bigbird:random=4", "exceeds the 3 blocks"},  // 8 blocks: 3 window + 2 global + 3 left
+      {"sink_window:window=0", "out of range"},
+      {"block_sparse:density=0", "out of range"},
+      {"block_sparse:density=1.5", "out of range"},
+  };
+  for (auto [spec, what] : cases) {
+    const std::string e = usage_error(spec, s);
+    EXPECT_NE(e.find(what), std::string::npos) << spec << ": '" << e << "'";
+  }
+  EXPECT_EQ(usage_error("bigbird:random=3", s), "");
+  EXPECT_EQ(usage_error("bigbird:window=2,random=9", Shape{1, 2, 500, 500, 16, true}), "");
+  for (const char* name : {"bigbird", "sink_window"})
+    EXPECT_NE(usage_error(name, Shape{1, 1, 500, 400, 16, false}).find("Nq must equal Nk"),
+              std::string::npos);
+}
+
+// A user layout: its blocks exactly (2 = causal inside the block), heads broadcast from 1,
+// and clear errors for a wrong shape or entries other than 0/1/2.
+TEST(BlockSparse, FileLayoutIsThePattern) {
+  const std::string path = testing::TempDir() + "layout.npy";
+  const Shape s{1, 2, 100, 70, 16, false};  // 4 x 3 blocks of 32 (cross-attention is fine)
+  const float L[4][3] = {{1, 0, 0}, {2, 1, 0}, {0, 0, 1}, {1, 2, 2}};
+  write_npy(path, {1, 4, 3}, &L[0][0]);
+  expect_rows("block_sparse:block=32,layout=" + path, s, [&](int64_t, int64_t i, int64_t j) {
+    const float x = L[i / 32][j / 32];
+    return x == 1 || (x == 2 && j <= i);
+  });
+  auto in = random_inputs(s, 2);
+  auto mask = [&](int64_t, int64_t, int64_t i, int64_t j) {
+    const float x = L[i / 32][j / 32];
+    return x == 1 || (x == 2 && j <= i);
+  };
+  const ElementMask m = mask;
+  EXPECT_LT(relative_error(run_variant("block_sparse:block=32,layout=" + path, s, in),
+                           reference_attention(s, in.q, in.k, in.v, &m)),
+            1e-5);
+  EXPECT_NE(usage_error("block_sparse:block=16,layout=" + path, s).find("needs [2 or 1,7,5]"),
+            std::string::npos)
+      << usage_error("block_sparse:block=16,layout=" + path, s);
+  const float bad[3] = {1, 3, 0};
+  write_npy(path, {1, 1, 3}, bad);
+  try {
+    make_attention("block_sparse:layout=" + path);
+    ADD_FAILURE() << "entry 3 accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("entry 1"), std::string::npos) << e.what();
+  }
+  write_npy(path, {3}, bad);
+  EXPECT_THROW(make_attention("block_sparse:layout=" + path), UsageError);
+  EXPECT_THROW(make_attention("block_sparse:layout=/no/such/file.npy"), RuntimeError);
 }
 
 }  // namespace
