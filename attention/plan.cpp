@@ -13,8 +13,9 @@ namespace attn {
 using kernels::kQueryRows;
 using kernels::OnlineSoftmax;
 
-void HeadPattern::add_block(Positions rows) {
-  blocks.push_back({rows, int64_t(spans.size()), 0});
+void HeadPattern::add_block(Positions rows, int64_t pass) {
+  blocks.push_back({rows, int64_t(spans.size()), 0, pass});
+  passes = std::max(passes, pass + 1);
 }
 
 void HeadPattern::add_span(const KeySpan& span) {
@@ -82,7 +83,7 @@ void for_each_owned_row(const HeadPattern& p, const QueryBlock& b,
                         const std::vector<uint8_t>& gathered, F&& f) {
   for (int64_t t = 0; t < b.rows.count; ++t) {
     const int64_t i = position(p, b.rows, t);
-    if (b.rows.gathered || !gathered[i]) f(i);
+    if (b.rows.gathered || b.pass || !gathered[i]) f(i);
   }
 }
 
@@ -105,12 +106,18 @@ void check_positions(const HeadPattern& p, const Positions& pos, int64_t n, cons
 void check_pattern(const HeadPattern& p, int64_t nq, int64_t nk) {
   if (!p.hidden.empty() && int64_t(p.hidden.size()) != nk) broken("hidden flags of wrong length");
   if (p.leading < 0 || p.leading > int64_t(p.blocks.size())) broken("leading blocks out of range");
-  std::vector<int> strided(nq, 0), gathered(nq, 0);
+  std::vector<int> strided(nq, 0), gathered(nq, 0), later(nq * (p.passes - 1), 0);
   for (const QueryBlock& b : p.blocks) {
     if (b.rows.count < 1 || b.rows.count > kQueryRows) broken("a block of 0 or > 64 rows");
+    if (b.pass < 0 || b.pass >= p.passes || (b.pass && b.rows.gathered))
+      broken("a block in a pass out of range, or gathered rows after pass 0");
     check_positions(p, b.rows, nq, "query rows");
-    for (int64_t t = 0; t < b.rows.count; ++t)
-      ++(b.rows.gathered ? gathered : strided)[position(p, b.rows, t)];
+    for (int64_t t = 0; t < b.rows.count; ++t) {
+      const int64_t i = position(p, b.rows, t);
+      if (b.pass && ++later[(b.pass - 1) * nq + i] > 1)
+        broken("query row " + std::to_string(i) + " twice in pass " + std::to_string(b.pass));
+      if (!b.pass) ++(b.rows.gathered ? gathered : strided)[i];
+    }
     if (b.first < 0 || b.first + b.count > int64_t(p.spans.size())) broken("spans out of range");
     for (int64_t a = b.first; a < b.first + b.count; ++a) {
       const KeySpan& sp = p.spans[a];
@@ -193,20 +200,23 @@ double TilePlan::pairs() const {
 void TilePlan::row_keys(int64_t h, int64_t i, std::vector<int64_t>& out) const {
   const HeadPattern& p = of_head(h);
   out.clear();
-  // The block that supplies row i's output: a gathered one first, else the strided one.
+  auto holds = [&](const Positions& r) {
+    return r.gathered
+               ? std::binary_search(p.gather.begin() + r.base, p.gather.begin() + r.base + r.count,
+                                    i)
+               : i >= r.base && (i - r.base) % r.step == 0 && (i - r.base) / r.step < r.count;
+  };
+  auto take = [&](const QueryBlock& b) {
+    for (int64_t a = b.first; a < b.first + b.count; ++a)
+      for_each_visible(p, p.spans[a], i, [&](int64_t j) { out.push_back(j); });
+  };
+  // Pass 0: the block that supplies row i's output, a gathered one before the strided one.
   const QueryBlock* owner = nullptr;
-  for (const QueryBlock& b : p.blocks) {
-    const Positions& r = b.rows;
-    const bool holds =
-        r.gathered
-            ? std::binary_search(p.gather.begin() + r.base, p.gather.begin() + r.base + r.count, i)
-            : i >= r.base && (i - r.base) % r.step == 0 && (i - r.base) / r.step < r.count;
-    if (holds && (r.gathered || !owner)) owner = &b;
-    if (holds && r.gathered) break;
-  }
-  if (!owner) return;
-  for (int64_t a = owner->first; a < owner->first + owner->count; ++a)
-    for_each_visible(p, p.spans[a], i, [&](int64_t j) { out.push_back(j); });
+  for (const QueryBlock& b : p.blocks)
+    if (b.pass == 0 && holds(b.rows) && (b.rows.gathered || !owner)) owner = &b;
+  if (owner) take(*owner);
+  for (const QueryBlock& b : p.blocks)
+    if (b.pass > 0 && holds(b.rows)) take(b);
   std::sort(out.begin(), out.end());
 }
 
@@ -234,23 +244,32 @@ struct Scratch {
       }
       out_rows.push_back(rows);
     }
-    kv_at.push_back(0), out_at.push_back(0);
+    kv_at.push_back(0), out_at.push_back(0), lse_at.push_back(0), pass_at.push_back(0);
     for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
-      const int64_t pi = plan.head_pattern[bh % s.heads];
-      kv_at.push_back(kv_at.back() + 2 * int64_t(plan.patterns[pi].gather.size()) * s.dim);
+      const HeadPattern& p = plan.of_head(bh % s.heads);
+      const int64_t pi = plan.head_pattern[bh % s.heads], extra = p.passes - 1;
+      kv_at.push_back(kv_at.back() + 2 * int64_t(p.gather.size()) * s.dim);
       out_at.push_back(out_at.back() + out_rows[pi] * s.dim);
+      lse_at.push_back(lse_at.back() + (extra ? p.passes * s.nq : 0));
+      pass_at.push_back(pass_at.back() + extra * s.nq * s.dim);
     }
+  }
+  double floats() const {
+    return double(kv_at.back() + out_at.back() + lse_at.back() + pass_at.back());
   }
   std::vector<std::vector<int64_t>> out_offset;  // [pattern][block] row in the gathered output
   std::vector<int64_t> out_rows;                 // [pattern] gathered rows
   std::vector<int64_t> kv_at, out_at;            // [bh] offsets into kv and out (floats)
+  // Patterns of several passes: [bh] offsets of the log-sum-exps [pass][position] and of the
+  // outputs of passes 1.. [pass - 1][position][D].
+  std::vector<int64_t> lse_at, pass_at;
   bool gathers_rows = false;
 };
 
 double scratch_floats(const TilePlan& plan, const Shape& s, const Scratch& sc) {
   const double per_thread =
       kQueryRows * ((sc.gathers_rows ? 3.0 : 2.0) * s.dim + kernels::kKeyTile + 3);
-  return per_thread * omp_get_max_threads() + double(sc.kv_at.back() + sc.out_at.back());
+  return per_thread * omp_get_max_threads() + sc.floats();
 }
 
 // A partial span: logit bias 0 where the element predicate holds, −∞ elsewhere.
@@ -291,6 +310,35 @@ struct TaskOrder {
   std::vector<int64_t> lead, rest;  // prefix sums over bh
 };
 
+// Combines the passes of every row by their log-sum-exps: out = Σ_p e^(lse_p − m) o_p / Σ_p
+// e^(lse_p − m), m = max_p lse_p, over the passes that saw a key (in pass order).
+void combine_passes(const TilePlan& plan, const Shape& s, const Scratch& sc, const float* lses,
+                    const float* pass_out, Tensor& out) {
+  const int64_t D = s.dim;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < s.heads_total() * s.nq; ++row) {
+    const int64_t bh = row / s.nq, i = row % s.nq;
+    const int64_t P = plan.of_head(bh % s.heads).passes;
+    if (P == 1) continue;
+    const float* lse = lses + sc.lse_at[bh] + i;
+    float m = OnlineSoftmax::kHidden;
+    for (int64_t p = 0; p < P; ++p) m = std::max(m, lse[p * s.nq]);
+    if (m == OnlineSoftmax::kHidden) continue;  // no keys at all: pass 0 wrote zeros
+    float* o = out.head(bh / s.heads, bh % s.heads) + i * D;
+    const float w0 = lse[0] == OnlineSoftmax::kHidden ? 0.0f : std::exp(lse[0] - m);
+    float total = w0;
+    for (int64_t d = 0; d < D; ++d) o[d] *= w0;
+    for (int64_t p = 1; p < P; ++p) {
+      if (lse[p * s.nq] == OnlineSoftmax::kHidden) continue;
+      const float w = std::exp(lse[p * s.nq] - m);
+      const float* op = pass_out + sc.pass_at[bh] + ((p - 1) * s.nq + i) * D;
+      for (int64_t d = 0; d < D; ++d) o[d] += w * op[d];
+      total += w;
+    }
+    for (int64_t d = 0; d < D; ++d) o[d] /= total;
+  }
+}
+
 }  // namespace
 
 void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const Tensor& k,
@@ -299,6 +347,8 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
   const float scale = s.softmax_scale();
   const Scratch sc(plan, s);
   FloatBuffer kv(size_t(sc.kv_at.back())), gout(size_t(sc.out_at.back()));
+  FloatBuffer lses(size_t(sc.lse_at.back())), pass_out(size_t(sc.pass_at.back()));
+  std::fill_n(lses.data(), lses.size(), OnlineSoftmax::kHidden);  // rows a pass leaves out
   for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
     const std::vector<int64_t>& G = plan.of_head(bh % s.heads).gather;
     const int64_t b = bh / s.heads, h = bh % s.heads, g = int64_t(G.size());
@@ -312,6 +362,7 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
   {
     OnlineSoftmax sm(D);
     FloatBuffer qbuf(sc.gathers_rows ? size_t(kQueryRows * D) : 0);
+    float lse_rows[kQueryRows];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < order.count(); ++t) {
       const auto [bh, bi] = order.at(t, plan);
@@ -343,10 +394,17 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
           keys.gathered ? attend_partial<false, true>(sm, p, blk, sp, kp, vp, ld)
                         : attend_partial<false, false>(sm, p, blk, sp, kp, vp, ld);
       }
+      float* lse = p.passes > 1 ? lse_rows : nullptr;
       if (rows.gathered)
-        sm.finish(gout.data() + sc.out_at[bh] + sc.out_offset[pi][bi] * D, D);
+        sm.finish(gout.data() + sc.out_at[bh] + sc.out_offset[pi][bi] * D, D, lse);
+      else if (blk.pass == 0)
+        sm.finish(out.head(b, h) + rows.base * D, rows.step * D, lse);
       else
-        sm.finish(out.head(b, h) + rows.base * D, rows.step * D);
+        sm.finish(pass_out.data() + sc.pass_at[bh] + ((blk.pass - 1) * s.nq + rows.base) * D,
+                  rows.step * D, lse);
+      if (lse)
+        for (int64_t r = 0; r < rows.count; ++r)
+          lses[sc.lse_at[bh] + blk.pass * s.nq + position(p, rows, r)] = lse[r];
     }
   }
   // Gathered rows replace what strided blocks wrote for them.
@@ -361,6 +419,7 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
                     out.head(bh / s.heads, bh % s.heads) + p.gather[rows.base + r] * D);
     }
   }
+  combine_passes(plan, s, sc, lses.data(), pass_out.data(), out);
 }
 
 double execute_plan_bytes(const TilePlan& plan, const Shape& s) {

@@ -36,10 +36,13 @@ struct KeySpan {
   bool skip_hidden = false;
 };
 
-// Up to kernels::kQueryRows query rows and their spans spans[first, first + count).
+// Up to kernels::kQueryRows query rows and their spans spans[first, first + count), in
+// pass `pass`: a row's passes see disjoint keys and are combined by their log-sum-exp
+// (softmax over the union), so that one row can take keys through differently shaped blocks.
 struct QueryBlock {
   Positions rows;
   int64_t first = 0, count = 0;
+  int64_t pass = 0;
 };
 
 // One tile of the transposed index: block `block` reads key span `span`.
@@ -49,16 +52,18 @@ struct TileRef {
 
 // The tiles of the heads that share one pattern.
 //
-// Invariants (checked by TilePlan::finish): every query row belongs to exactly one block with
-// strided rows, or to exactly one block with gathered rows, which then supplies its output (a
-// strided block that also holds it computes a row that is overwritten: it keeps the blocks of
-// the other rows aligned, as Longformer's global rows do); a row sees each key at most once.
+// Invariants (checked by TilePlan::finish): in pass 0 every query row belongs to exactly one
+// block with strided rows, or to exactly one block with gathered rows, which then supplies
+// its output (a strided block that also holds it computes a row that is overwritten: it keeps
+// the blocks of the other rows aligned, as Longformer's global rows do); in a later pass a
+// row belongs to at most one block, with strided rows; a row sees each key at most once.
 struct HeadPattern {
   std::vector<QueryBlock> blocks;
   std::vector<KeySpan> spans;
   std::vector<int64_t> gather;  // positions named by gathered Positions
   std::vector<uint8_t> hidden;  // per key position: 1 = hidden from skip_hidden spans
   int64_t leading = 0;          // the first `leading` blocks (the heaviest) run first
+  int64_t passes = 1;           // 1 + the largest block pass
 
   // Derived by TilePlan::finish.
   double pairs = 0;                      // visited (query, key) pairs
@@ -66,7 +71,7 @@ struct HeadPattern {
   std::vector<TileRef> refs;             //   refs[key_block_start[kb], key_block_start[kb+1])
 
   // Appends a block of `rows` whose spans are the ones added next (add_span).
-  void add_block(Positions rows);
+  void add_block(Positions rows, int64_t pass = 0);
   void add_span(const KeySpan& span);
 };
 
@@ -118,7 +123,7 @@ void for_each_visible(const HeadPattern& p, const KeySpan& sp, int64_t i, F&& f)
 void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const Tensor& k,
                   const Tensor& v, Tensor& out);
 // Peak bytes execute_plan allocates: per-thread kernel scratch, gathered keys and values,
-// gathered rows' outputs.
+// gathered rows' outputs, and the outputs and log-sum-exps of the passes after the first.
 double execute_plan_bytes(const TilePlan& plan, const Shape& s);
 
 // Base of the variants that are plan builders: forward, flops, extra_bytes and visited_keys

@@ -60,5 +60,6 @@ VariantInfo performer_variant();
 VariantInfo bigbird_variant();
 VariantInfo sink_window_variant();
 VariantInfo block_sparse_variant();
+VariantInfo sparse_transformer_variant();
 
 }  // namespace attn

@@ -25,6 +25,11 @@ const std::map<std::string, std::vector<std::string>> kExtraSpecs = {
     {"sink_window", {"sink_window:window=10,sinks=70", "sink_window:window=1,sinks=0"}},
     {"block_sparse",
      {"block_sparse:block=32,density=0.3,seed=2", "block_sparse:block=100,density=1"}},
+    {"sparse_transformer",
+     {"sparse_transformer:pattern=strided,stride=20", "sparse_transformer:pattern=strided,stride=5",
+      "sparse_transformer:pattern=strided,stride=70,causal=false",
+      "sparse_transformer:pattern=fixed,stride=100,summary=7,causal=false",
+      "sparse_transformer:pattern=fixed,stride=16,summary=16"}},
 };
 
 // Row i's keys of one head pattern, written out element by element from the plan's own
@@ -49,8 +54,10 @@ BruteMask brute_mask(const HeadPattern& p, int64_t nq, int64_t nk) {
   for (const QueryBlock& b : p.blocks)
     for (int64_t t = 0; t < b.rows.count; ++t) {
       const int64_t i = pos(b.rows, t);
-      if (!b.rows.gathered && in_gathered[i]) continue;  // overwritten by its gathered block
-      ++m.owners[i];
+      // Pass 0 supplies the output (a gathered block over a strided one); later passes add
+      // keys through their own blocks.
+      if (b.pass == 0 && !b.rows.gathered && in_gathered[i]) continue;
+      if (b.pass == 0) ++m.owners[i];
       for (int64_t a = b.first; a < b.first + b.count; ++a) {
         const KeySpan& sp = p.spans[a];
         for (int64_t c = 0; c < sp.keys.count; ++c) {
@@ -215,6 +222,28 @@ TEST(SinkWindow, IsTheStreamingLlmPattern) {
       expect_rows("sink_window:window=13,sinks=4", Shape{1, 1, n, n, 16, causal},
                   [&](int64_t, int64_t i, int64_t j) { return j <= i && (j < S || i - j < W); });
     }
+}
+
+// Both factorized patterns of arXiv:1904.10509 §4.2, merged, from their definitions.
+TEST(SparseTransformer, IsTheUnionOfBothFactors) {
+  for (int64_t n : {1, 30, 150})
+    for (bool causal : {true, false})
+      for (int64_t l : {1, 4, 9, 64}) {
+        const std::string c = causal ? "true" : "false", L = std::to_string(l);
+        const Shape s{1, 1, n, n, 16, false};
+        expect_rows("sparse_transformer:pattern=strided,stride=" + L + ",causal=" + c, s,
+                    [&](int64_t, int64_t i, int64_t j) {
+                      const int64_t d = i - j;
+                      return (!causal || j <= i) && ((d <= l && d >= -l) || d % l == 0);
+                    });
+        const int64_t sc = std::min<int64_t>(3, l);
+        expect_rows("sparse_transformer:pattern=fixed,summary=" + std::to_string(sc) +
+                        ",stride=" + L + ",causal=" + c,
+                    s, [&](int64_t, int64_t i, int64_t j) {
+                      return (!causal || j <= i) && (j / l == i / l || j % l >= l - sc);
+                    });
+      }
+  EXPECT_THROW(make_attention("sparse_transformer:stride=8,summary=9"), UsageError);
 }
 
 // BigBird's blocks from the definition: the window, the globals and r random blocks per
