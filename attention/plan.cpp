@@ -273,18 +273,30 @@ double scratch_floats(const TilePlan& plan, const Shape& s, const Scratch& sc) {
 }
 
 // A partial span: logit bias 0 where the element predicate holds, −∞ elsewhere.
+template <bool RowsGathered, bool KeysGathered, bool SkipHidden>
+void attend_partial(OnlineSoftmax& sm, const HeadPattern& p, const QueryBlock& b, const KeySpan& sp,
+                    const float* k, const float* v, int64_t ld) {
+  // By value: the kernel's stores into its score tile then cannot alias them (the hidden
+  // flags are bytes, which may alias anything), so the per-element test stays in registers.
+  const int64_t* g = p.gather.data();
+  const uint8_t* hidden = p.hidden.data();
+  const int64_t rbase = b.rows.base, rstep = b.rows.step, kbase = sp.keys.base;
+  const int64_t kstep = sp.keys.step, lo = sp.lo, hi = sp.hi;
+  sm.attend_masked(k, v, ld, sp.keys.count, [=](int64_t r, int64_t c) {
+    const int64_t i = RowsGathered ? g[rbase + r] : rbase + r * rstep;
+    const int64_t j = KeysGathered ? g[kbase + c] : kbase + c * kstep;
+    const bool in = j - i >= lo && j - i <= hi && !(SkipHidden && hidden[j]);
+    return in ? 0.0f : OnlineSoftmax::kHidden;
+  });
+}
+
 template <bool RowsGathered, bool KeysGathered>
 void attend_partial(OnlineSoftmax& sm, const HeadPattern& p, const QueryBlock& b, const KeySpan& sp,
                     const float* k, const float* v, int64_t ld) {
-  const int64_t* g = p.gather.data();
-  const uint8_t* hidden = sp.skip_hidden ? p.hidden.data() : nullptr;
-  const Positions &rows = b.rows, &keys = sp.keys;
-  sm.attend_masked(k, v, ld, keys.count, [&](int64_t r, int64_t c) {
-    const int64_t i = RowsGathered ? g[rows.base + r] : rows.base + r * rows.step;
-    const int64_t j = KeysGathered ? g[keys.base + c] : keys.base + c * keys.step;
-    const bool in = j - i >= sp.lo && j - i <= sp.hi && !(hidden && hidden[j]);
-    return in ? 0.0f : OnlineSoftmax::kHidden;
-  });
+  if (sp.skip_hidden)
+    attend_partial<RowsGathered, KeysGathered, true>(sm, p, b, sp, k, v, ld);
+  else
+    attend_partial<RowsGathered, KeysGathered, false>(sm, p, b, sp, k, v, ld);
 }
 
 // Which (batch·head, block) task t is: first every head's leading blocks, head-major (the

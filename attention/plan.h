@@ -56,7 +56,8 @@ struct TileRef {
 // block with strided rows, or to exactly one block with gathered rows, which then supplies
 // its output (a strided block that also holds it computes a row that is overwritten: it keeps
 // the blocks of the other rows aligned, as Longformer's global rows do); in a later pass a
-// row belongs to at most one block, with strided rows; a row sees each key at most once.
+// row belongs to at most one block, with strided rows. And a row sees each key at most once
+// (checked by tests/test_plan.cpp, not by finish: it costs a pass over every visited pair).
 struct HeadPattern {
   std::vector<QueryBlock> blocks;
   std::vector<KeySpan> spans;
