@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,8 @@ using ParamValues = std::map<std::string, std::string>;
 // The keys one query row visits, per hash round (one round for fixed patterns). Used by the
 // harness's attention-mass coverage metric. Keys may repeat across rounds, not within one.
 using VisitedKeys = std::vector<std::vector<int64_t>>;
+
+class TilePlan;  // attention/plan.h
 
 class Attention {
  public:
@@ -44,6 +47,9 @@ class Attention {
                             VisitedKeys& out) const {
     return false;
   }
+  // The tile plan of a plan-based variant (attention/plan.h) for shape `s`, validated and
+  // built once per shape; null for variants that are not plan builders.
+  virtual std::shared_ptr<const TilePlan> plan(const Shape& s) const { return nullptr; }
   // The dense counterpart this variant approximates, when it is not plain dense attention on
   // the given q, k (e.g. shared-QK LSH). Empty = plain dense attention.
   virtual std::string dense_counterpart() const { return {}; }

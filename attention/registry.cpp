@@ -10,8 +10,17 @@ namespace attn {
 // registry.h and add it here.
 const std::vector<VariantInfo>& variants() {
   static const std::vector<VariantInfo> all = {
-      reference_variant(),      full_materialized_variant(), full_variant(),      lsh_variant(),
-      sliding_window_variant(), longformer_variant(),        performer_variant(),
+      reference_variant(),
+      full_materialized_variant(),
+      full_variant(),
+      lsh_variant(),
+      sliding_window_variant(),
+      longformer_variant(),
+      performer_variant(),
+      bigbird_variant(),
+      sink_window_variant(),
+      block_sparse_variant(),
+      sparse_transformer_variant(),
   };
   return all;
 }

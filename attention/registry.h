@@ -57,5 +57,9 @@ VariantInfo lsh_variant();
 VariantInfo sliding_window_variant();
 VariantInfo longformer_variant();
 VariantInfo performer_variant();
+VariantInfo bigbird_variant();
+VariantInfo sink_window_variant();
+VariantInfo block_sparse_variant();
+VariantInfo sparse_transformer_variant();
 
 }  // namespace attn

@@ -1,16 +1,14 @@
 // `sliding_window`: exact attention over the band |i − j| ≤ r·k, j ≡ i (mod k) (causal:
-// i − r·k ≤ j ≤ i), docs/ALGORITHMS.md §Sliding window. The band is walked over the shared kernel
-// (band.h): only the key tiles that intersect a query block's band are visited and only their
-// edges are masked, so time and memory grow linearly in n.
-#include <omp.h>
-
+// i − r·k ≤ j ≤ i), arXiv:2004.05150. A plan builder (band.h): only the key tiles that
+// intersect a query block's band are visited and only their edges are masked, so time and
+// memory grow linearly in n.
 #include "attention/band.h"
 #include "attention/registry.h"
 
 namespace attn {
 namespace {
 
-class SlidingWindow final : public Attention {
+class SlidingWindow final : public PlanAttention {
  public:
   SlidingWindow(int64_t radius, int64_t dilation) : radius_(radius), dilation_(dilation) {}
 
@@ -26,39 +24,13 @@ class SlidingWindow final : public Attention {
                        std::to_string(s.nq) + ", Nk=" + std::to_string(s.nk) + ")");
   }
 
-  void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-               Tensor& out) override {
-    const band::Window w = window(s);
-    const float scale = s.softmax_scale();
-    band::for_each_block(s, q, k, v, out, w.dilation,
-                         [&](int64_t, int64_t, const band::View& view, int64_t row0, int64_t rows,
-                             kernels::OnlineSoftmax& sm) {
-                           sm.begin(view.q + row0 * view.ld, view.ld, rows, scale);
-                           band::attend_band(sm, view, w, row0, rows, band::NoHidden{});
-                           sm.finish(view.out + row0 * view.ld, view.ld);
-                         });
-  }
-
-  // 4·D per visible pair, pairs by the closed form of band::pairs (docs/ALGORITHMS.md §Band).
-  double flops(const Shape& s) const override {
-    return 4.0 * s.dim * band::pairs(s.nq, window(s)) * s.heads_total();
-  }
-
-  // Per thread: the kernel's transposed query block, score tile, accumulator and row vectors.
-  double extra_bytes(const Shape& s) const override {
-    using namespace kernels;
-    return kQueryRows * (2.0 * s.dim + kKeyTile + 3) * sizeof(float) * omp_get_max_threads();
-  }
-
-  bool visited_keys(const Shape& s, int64_t, int64_t, int64_t i, VisitedKeys& out) const override {
-    out.assign(1, {});
-    band::row_keys(s.nq, window(s), i, out[0]);
-    return true;
-  }
-
  private:
-  band::Window window(const Shape& s) const {
-    return band::clipped_window(radius_, dilation_, s.causal, s.nq);
+  TilePlan build_plan(const Shape& s) const override {
+    TilePlan plan(s.heads, s.nq, s.nk);
+    band::add_band(plan.patterns.emplace_back(), s.nq,
+                   band::clipped_window(radius_, dilation_, s.causal, s.nq), false,
+                   [](HeadPattern&) {});
+    return plan;
   }
 
   int64_t radius_, dilation_;
@@ -73,7 +45,8 @@ VariantInfo sliding_window_variant() {
       "j ≡ i (mod dilation) (causal: i - radius*dilation <= j <= i). Hugging Face Longformer's "
       "attention_window = 2*radius; a causal 'sliding window of W tokens' (Mistral, HF "
       "sliding_window) is radius = W - 1. Self-attention only (Nq = Nk). Shared tiled kernel, "
-      "only tiles touching the band: O(n*radius*D) time, O(threads*D) extra memory.",
+      "only tiles touching the band: O(n*radius*D) time, O(threads*D + n/64) extra memory (the "
+      "tile plan).",
       {{"radius", ParamSpec::Kind::Int, "256", "one-sided window r, in keys (of the dilated grid)",
         0},
        {"dilation", ParamSpec::Kind::Int, "1", "gap k between visible keys (1 = contiguous)", 1}},
