@@ -124,7 +124,7 @@ Layout make_layout(const Config& cfg, int64_t n) {
   // A chunk longer than the sequence holds the same slots as one of length n (one chunk per
   // round either way), so the shorter one is used and no buffer grows with c beyond n.
   L.chunk = std::min(cfg.chunk, n);
-  L.padded = (n + L.chunk - 1) / L.chunk * L.chunk;
+  L.padded = checked_add(n, L.chunk - 1, "lsh padded length") / L.chunk * L.chunk;
   L.chunks = L.padded / L.chunk;
   return L;
 }

@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+namespace boost::program_options {
+class error;
+}
+
 namespace attnbench {
 
 using Args = std::vector<std::string>;  // arguments after the subcommand name
@@ -28,7 +32,13 @@ int cmd_sweep(const Args& args);
 
 // Parses "512,1024,2048" (UsageError on anything else).
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what);
-// Sets the OpenMP thread count (0 = leave the default); UsageError when negative.
+// A one-line message for a Boost.Program_options error. Never call what() on those errors
+// directly: for some user values it never returns (harness/option_error.cpp).
+std::string describe_option_error(const boost::program_options::error& e);
+// UsageError unless 0 <= threads <= 1024 (0 = all cores); `what` names the setting. The one
+// thread-count check of the CLI options, sweep configs and resumed result rows.
+void check_threads(int64_t threads, const std::string& what);
+// Sets the OpenMP thread count (0 = leave the default) after check_threads.
 void set_threads(int threads);
 
 }  // namespace attnbench

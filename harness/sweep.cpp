@@ -91,7 +91,7 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
     throw attn::UsageError(where + "unknown key '" + e.get_option_name() +
                            "'; valid keys: " + valid);
   } catch (const po::error& e) {
-    throw attn::UsageError(where + e.what());
+    throw attn::UsageError(where + describe_option_error(e));
   }
   try {
     require(!c.variants.empty(), "no 'variant' key (at least one spec is needed)");
@@ -118,7 +118,7 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
     }
     c.posenc = trim(c.posenc);
     require(c.dim > 0 && c.heads > 0 && c.batch > 0, "dim, heads and batch must be >= 1");
-    require(c.threads >= 0, "threads must be >= 0 (0 = all cores)");
+    check_threads(c.threads, "threads");
     require(c.reps >= 1, "reps must be >= 1");
     require(c.min_time > 0 && std::isfinite(c.min_time), "min_time must be > 0 seconds");
     require(c.max_seconds >= 0 && std::isfinite(c.max_seconds),
