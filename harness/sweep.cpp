@@ -20,6 +20,7 @@
 #include "harness/bench.h"
 #include "harness/cli.h"
 #include "harness/inputs.h"
+#include "harness/outdir.h"
 #include "harness/posenc_hook.h"
 #include "harness/scaling.h"
 
@@ -303,6 +304,12 @@ class Sweep {
       throw attn::UsageError("config " + opt_.config_path + ": " + e.what());
     }
     cases_ = expand_cases(cfg_);
+    // Taken before anything is measured: a second writer or an unwritable --out fails now.
+    std::unique_ptr<OutputDirLock> lock;
+    if (!opt_.out_dir.empty()) {
+      lock = std::make_unique<OutputDirLock>(opt_.out_dir);
+      check_may_write_results(opt_.out_dir, opt_.resume, opt_.overwrite);
+    }
     if (opt_.resume && !opt_.out_dir.empty())
       for (Row& r : load_rows(opt_.out_dir)) done_.emplace(r.key, std::move(r));
     ctx_ = current_context(omp_get_max_threads());

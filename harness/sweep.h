@@ -53,7 +53,8 @@ std::vector<Case> expand_cases(const SweepConfig& cfg);
 struct SweepOptions {
   std::string out_dir;  // "" = write no files
   bool resume = false;
-  bool progress = false;  // progress line on stderr
+  bool overwrite = false;  // replace results already in out_dir (else: UsageError unless resume)
+  bool progress = false;   // progress line on stderr
   std::string config_path, command;
   std::function<void(const RunContext&)> on_start;  // after the sgemm ceiling is measured
   std::function<void(const Row&)> on_row;           // called as each row is final
