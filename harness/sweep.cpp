@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -47,8 +49,9 @@ std::vector<int64_t> int_list(const std::string& text, const std::string& what) 
   std::vector<int64_t> out;
   for (std::string item; in >> item;) {
     char* end = nullptr;
+    errno = 0;
     const long long v = std::strtoll(item.c_str(), &end, 10);
-    if (*end != '\0' || v <= 0)
+    if (*end != '\0' || v <= 0 || errno == ERANGE)
       throw attn::UsageError(what + ": '" + item + "' is not a positive integer");
     out.push_back(v);
   }
@@ -60,7 +63,54 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw attn::UsageError(msg);
 }
 
+// A config is a few lines of key = value; anything bigger is not one (/dev/zero used to grow
+// past 8 GB, a 105 MB file of variant lines to 12 GB).
+constexpr size_t kMaxConfigBytes = size_t(1) << 20;
+constexpr int64_t kMaxCases = 100000;
+
+std::string read_bounded(std::istream& in) {
+  std::string text;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    text.append(buf, size_t(in.gcount()));
+    require(text.size() <= kMaxConfigBytes,
+            "larger than 1 MiB; a sweep config is a few lines of key = value");
+  }
+  require(text.find('\0') == std::string::npos, "holds NUL bytes; not a text config");
+  return text;
+}
+
+template <class T>
+void require_unique(const std::vector<T>& items, const std::string& key) {
+  std::set<T> seen;
+  for (const T& v : items) {
+    std::ostringstream s;
+    s << v;
+    require(seen.insert(v).second, "'" + key + " = " + s.str() +
+                                       "' is listed twice (each would give rows with the same "
+                                       "key); list it once");
+  }
+}
+
 }  // namespace
+
+int64_t case_count(const SweepConfig& cfg) {
+  std::set<int64_t> ns(cfg.seqs.begin(), cfg.seqs.end());
+  const int64_t n = attn::checked_product({int64_t(cfg.dists.size()), int64_t(cfg.variants.size()),
+                                           int64_t(ns.size()), int64_t(cfg.seeds.size())},
+                                          "number of cases");
+  require(n <= kMaxCases, "the sweep expands to " + std::to_string(n) +
+                              " cases (dist x variant x seq x seed); at most " +
+                              std::to_string(kMaxCases) + " are allowed, split it up");
+  return n;
+}
+
+void check_cases(const SweepConfig& cfg) {
+  require_unique(cfg.variants, "variant");
+  require_unique(cfg.dists, "dist");
+  require_unique(cfg.seeds, "seed");
+  case_count(cfg);
+}
 
 SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
   SweepConfig c;
@@ -84,7 +134,8 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
   const std::string where = "config " + name + ": ";
   po::variables_map vm;
   try {
-    po::store(po::parse_config_file(in, keys, false), vm);
+    std::istringstream text(read_bounded(in));
+    po::store(po::parse_config_file(text, keys, false), vm);
     po::notify(vm);
   } catch (const po::unknown_option& e) {
     std::string valid;
@@ -93,6 +144,8 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
                            "'; valid keys: " + valid);
   } catch (const po::error& e) {
     throw attn::UsageError(where + describe_option_error(e));
+  } catch (const attn::UsageError& e) {
+    throw attn::UsageError(where + e.what());
   }
   try {
     require(!c.variants.empty(), "no 'variant' key (at least one spec is needed)");
@@ -128,6 +181,7 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
             "max_memory_gib must be >= 0 (0 = available memory)");
     require(c.ref_sample >= 1 && c.ref_all_rows_max >= 0,
             "ref_sample must be >= 1 and ref_all_rows_max >= 0");
+    check_cases(c);
   } catch (const attn::UsageError& e) {
     throw attn::UsageError(where + e.what());
   }
@@ -135,6 +189,9 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
 }
 
 SweepConfig load_sweep_config(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw attn::UsageError("config '" + path + "' is a directory, not an INI file");
   std::ifstream f(path);
   if (!f) throw attn::UsageError("cannot read config '" + path + "'");
   return parse_sweep_config(f, path);
@@ -149,6 +206,11 @@ void validate_config(const SweepConfig& cfg) {
   // npy:DIR inputs have the files' own shape, so only their presence is checked here.
   attn::Shape s{1, 1, 0, 0, cfg.dim, cfg.causal};
   s.nq = s.nk = *std::min_element(cfg.seqs.begin(), cfg.seqs.end());
+  // Memory first: when even these inputs would not fit, every case is skipped by the sweep's
+  // own estimate, and the names are checked on a shape that fits (seq = 200000000 used to
+  // fail the whole sweep here with "out of memory").
+  if (3.0 * double(s.nq) * double(s.dim) * sizeof(float) > 0.25 * attn::available_memory_bytes())
+    s.nq = s.nk = std::min<int64_t>(s.nq, 64), s.dim = std::min<int64_t>(s.dim, 64);
   for (const auto& d : cfg.dists) {
     if (d.rfind("npy:", 0) == 0) {
       for (const char* f : {"/q.npy", "/k.npy", "/v.npy"})
@@ -196,6 +258,7 @@ std::vector<Case> expand_cases(const SweepConfig& cfg) {
   std::vector<int64_t> ns = cfg.seqs;
   std::sort(ns.begin(), ns.end());
   ns.erase(std::unique(ns.begin(), ns.end()), ns.end());
+  check_cases(cfg);
   std::vector<Case> out;
   for (const auto& dist : cfg.dists)
     for (const auto& spec : cfg.variants)

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "attention/registry.h"
 #include "harness/cli.h"
@@ -132,6 +133,157 @@ TEST(Hostile, AbsurdThreadCountsAreUsageErrors) {
   EXPECT_THROW(attnbench::parse_sweep_config(cfg, "t.ini"), UsageError);
   EXPECT_THROW(attnbench::check_threads(1025, "threads"), UsageError);
   EXPECT_NO_THROW(attnbench::check_threads(1024, "threads"));
+}
+
+// /dev/zero grew past 8 GB; a 105 MB file of variant lines reached 12 GB.
+TEST(Hostile, ConfigSizeAndCaseCountAreBounded) {
+  const CliResult zero = run_bounded("sweep /dev/zero --quiet --out /tmp/attn_hostile_zero", 10);
+  EXPECT_EQ(zero.code, 2) << zero.output;
+  EXPECT_NE(zero.output.find("larger than 1 MiB"), std::string::npos) << zero.output;
+  const fs::path d = scratch("bounds");
+  {
+    std::ofstream f(d / "big.ini");
+    f << "seq = 64\n";
+    for (int i = 0; i < 80000; ++i) f << "variant = full\n";  // 1.2 MB
+  }
+  const CliResult big =
+      run_bounded("sweep " + (d / "big.ini").string() + " --quiet --out " + (d / "o").string(), 10);
+  EXPECT_EQ(big.code, 2) << big.output;
+  EXPECT_NE(big.output.find("larger than 1 MiB"), std::string::npos) << big.output;
+  const CliResult dir = run_bounded("sweep " + d.string() + " --quiet --out " + (d / "o").string());
+  EXPECT_EQ(dir.code, 2) << dir.output;
+  EXPECT_NE(dir.output.find("is a directory"), std::string::npos) << dir.output;
+  // 20 x 100 x 100 = 200000 cases in a few hundred bytes.
+  std::string many = "variant = full\nvariant = lsh\ndist = gaussian\ndist = local\nseq = ";
+  for (int i = 1; i <= 100; ++i) many += std::to_string(16 * i) + ",";
+  many.pop_back();
+  many += "\n";
+  for (int i = 0; i < 500; ++i) many += "seed = " + std::to_string(i) + "\n";
+  std::istringstream in(many);
+  try {
+    attnbench::parse_sweep_config(in, "many.ini");
+    FAIL() << "200000 cases accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("200000 cases"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("many.ini"), std::string::npos) << e.what();
+  }
+}
+
+// validate_config allocated q, k, v of one head at the smallest n before any memory estimate:
+// seq = 200000000 failed the whole sweep with "out of memory" instead of skipping the case.
+TEST(Hostile, ValidatingAHugeSequenceAllocatesNothingBig) {
+  std::istringstream in("variant = full\nseq = 200000000\ndim = 64\nheads = 1\n");
+  const attnbench::SweepConfig c = attnbench::parse_sweep_config(in, "huge.ini");
+  EXPECT_NO_THROW(attnbench::validate_config(c));
+  const fs::path d = scratch("huge");
+  write(d / "huge.ini", "variant = full\nseq = 200000000\ndim = 64\nheads = 1\nreps = 1\n");
+  const CliResult r = run_bounded(
+      "sweep " + (d / "huge.ini").string() + " --quiet --out " + (d / "out").string(), 60);
+  EXPECT_EQ(r.code, 0) << r.output;
+  std::ifstream f(d / "out" / "results.json");
+  const std::string text((std::istreambuf_iterator<char>(f)), {});
+  EXPECT_NE(text.find("skipped: estimated memory"), std::string::npos) << text;
+}
+
+TEST(Hostile, DuplicateListEntriesAreRejected) {
+  for (const char* cfg : {"variant = full\nvariant = full\nseq = 64\n",
+                          "variant = full\nvariant =  full \nseq = 64\n",
+                          "variant = full\nseq = 64\nseed = 3\nseed = 3\n",
+                          "variant = full\nseq = 64\ndist = local\ndist = local\n"}) {
+    std::istringstream in(cfg);
+    try {
+      attnbench::parse_sweep_config(in, "dup.ini");
+      FAIL() << cfg;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("listed twice"), std::string::npos) << e.what();
+    }
+  }
+  const CliResult r = run_bounded("run --variant full --variant full --seq 16");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("listed twice"), std::string::npos) << r.output;
+}
+
+// check_value accepted a denormal that std::stod then refused with the bare message "stod".
+TEST(Hostile, EveryAcceptedNumberIsReadBack) {
+  for (const char* spec : {"performer:eps=1e-320", "performer:eps=4.9e-324"}) {
+    auto a = make_attention(spec);
+    EXPECT_EQ(a->params().at("eps"), spec + std::string(spec).find('=') + 1);
+  }
+  for (const auto& v : variants())
+    for (const auto& p : v.params) {
+      if (p.kind != ParamSpec::Kind::Float && p.kind != ParamSpec::Kind::Int) continue;
+      for (const char* value : {"1e-320", "1e400", "0x10", "nan", "-0", "9999999999999999999999"}) {
+        try {
+          make_attention(v.name + ":" + p.key + "=" + value);
+        } catch (const UsageError&) {
+        }  // anything else (std::invalid_argument, std::out_of_range) fails the test
+      }
+    }
+}
+
+namespace resume {
+
+const char* kCfg =
+    "variant = full\nseq = 32\nheads = 1\ndim = 16\nreps = 1\nmin_time = 0.001\n"
+    "threads = 1\n";
+
+std::string good_row() {
+  return R"({"key": "full|B=1|H=1|N=32|D=16|causal=0|dist=gaussian|seed=0|posenc=",
+    "variant": "full", "spec": "full", "batch": 1, "heads": 1, "n": 32, "dim": 16,
+    "causal": false, "dist": "gaussian", "seed": 0, "posenc": "", "threads": 1, "reps": 1,
+    "status": "skipped: test"})";
+}
+
+CliResult resume_with(const fs::path& d, const std::string& results_json) {
+  fs::create_directories(d / "out");
+  write(d / "c.ini", kCfg);
+  write(d / "out" / "results.json", results_json);
+  return run_bounded("sweep " + (d / "c.ini").string() + " --quiet --resume --out " +
+                     (d / "out").string());
+}
+
+}  // namespace resume
+
+// Resumed results: a directory, a wrong JSON type, negative seeds or absurd thread counts
+// were raw library messages (or accepted); now each names the file and the row, exit 2.
+TEST(Hostile, MalformedResumedResultsNameFileAndRow) {
+  const fs::path d = scratch("resume");
+  fs::create_directories(d / "asdir" / "out" / "results.json");
+  write(d / "asdir" / "c.ini", resume::kCfg);
+  const CliResult dir = run_bounded("sweep " + (d / "asdir" / "c.ini").string() +
+                                    " --quiet --resume --out " + (d / "asdir" / "out").string());
+  EXPECT_EQ(dir.code, 2) << dir.output;
+  EXPECT_NE(dir.output.find("is a directory"), std::string::npos) << dir.output;
+
+  std::string row = resume::good_row();
+  const auto with = [&](const std::string& from, const std::string& to) {
+    std::string r = row;
+    r.replace(r.find(from), from.size(), to);
+    return "{\"rows\": [" + row + ", " + r + "]}";
+  };
+  struct Bad {
+    std::string json, expect;
+  };
+  const std::vector<Bad> bad = {
+      {"[1, 2]", "no \"rows\" array"},
+      {"{\"rows\": 3}", "no \"rows\" array"},
+      {"{\"rows\": [" + row + ", 7]}", "row 1"},
+      {with("\"n\": 32", "\"n\": \"32\""), "row 1"},
+      {with("\"seed\": 0", "\"seed\": -1"), "seed must be a non-negative integer"},
+      {with("\"threads\": 1", "\"threads\": 99999999999"), "threads must be an integer"},
+      {with("\"reps\": 1", "\"reps\": 1.5"), "reps must be an integer"},
+      {with("\"dim\": 16", "\"dim\": 0"), "dim must be an integer"},
+      {"{\"rows\": [" + row + ", " + row + "]}", "repeats the key"},
+      {"{\"rows\": [", "not valid JSON"},
+  };
+  for (const Bad& b : bad) {
+    const CliResult r = resume::resume_with(d / "case", b.json);
+    EXPECT_EQ(r.code, 2) << b.json << "\n" << r.output;
+    EXPECT_NE(r.output.find(b.expect), std::string::npos) << b.json << "\n" << r.output;
+    EXPECT_NE(r.output.find("results.json"), std::string::npos) << r.output;
+    EXPECT_EQ(lines(r.output), 1) << r.output;
+  }
+  EXPECT_EQ(resume::resume_with(d / "ok", "{\"rows\": [" + row + "]}").code, 0);
 }
 
 }  // namespace
