@@ -153,29 +153,39 @@ int64_t get_count(const json& j, const char* key, int64_t lo, int64_t hi) {
   return v.get<int64_t>();
 }
 
+std::string get_text(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_string())
+    throw attn::RuntimeError(std::string(key) + " must be a string, got " + v.dump().substr(0, 40));
+  return v.get<std::string>();
+}
+
 }  // namespace
 
 Row row_from_json(const json& j) {
   try {
     Row r;
-    r.key = j.at("key").get<std::string>();
-    r.variant = j.at("variant").get<std::string>();
-    r.spec = j.at("spec").get<std::string>();
+    r.key = get_text(j, "key");
+    r.variant = get_text(j, "variant");
+    r.spec = get_text(j, "spec");
     const int64_t big = std::numeric_limits<int64_t>::max();
     r.batch = get_count(j, "batch", 1, big);
     r.heads = get_count(j, "heads", 1, big);
     r.n = get_count(j, "n", 1, big);
     r.dim = get_count(j, "dim", 1, big);
-    r.causal = j.at("causal").get<bool>();
-    r.dist = j.at("dist").get<std::string>();
+    if (!j.at("causal").is_boolean())
+      throw attn::RuntimeError("causal must be true or false, got " +
+                               j["causal"].dump().substr(0, 40));
+    r.causal = j["causal"].get<bool>();
+    r.dist = get_text(j, "dist");
     if (!j.at("seed").is_number_unsigned())
       throw attn::RuntimeError("seed must be a non-negative integer, got " +
                                j["seed"].dump().substr(0, 40));
     r.seed = j["seed"].get<uint64_t>();
-    r.posenc = j.at("posenc").get<std::string>();
+    r.posenc = get_text(j, "posenc");
     r.threads = int(get_count(j, "threads", 0, 1024));  // the limit of check_threads
     r.reps = int(get_count(j, "reps", 1, std::numeric_limits<int>::max()));
-    r.status = j.at("status").get<std::string>();
+    r.status = get_text(j, "status");
     if (!r.ok()) return r;
     r.time_ms_median = get_number(j, "time_ms_median");
     r.time_ms_min = get_number(j, "time_ms_min");
