@@ -33,8 +33,8 @@ class Attention {
   virtual void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        Tensor& out) = 0;
 
-  // Model FLOPs (4·D per visited (query, key) pair, ALGORITHMS.md §7) and the analytic peak of
-  // memory allocated during forward() beyond q, k, v and out.
+  // Model FLOPs (4·D per visited (query, key) pair, docs/ALGORITHMS.md §FLOPs) and the peak of
+  // memory allocated during forward() beyond q, k, v and out (analytic).
   virtual double flops(const Shape& s) const = 0;
   virtual double extra_bytes(const Shape& s) const = 0;
 

@@ -3,7 +3,7 @@
 namespace attn::band {
 namespace {
 
-// Visible pairs of one undilated band over a subsequence of length m (ALGORITHMS.md §7).
+// Visible pairs of one undilated band over a subsequence of length m (docs/ALGORITHMS.md §Band).
 // Non-causal: 2r+1 keys per row minus the r(r+1)/2 clipped at each end; causal: W = r+1 keys
 // per row minus the W(W−1)/2 clipped at the start. A radius reaching across the subsequence
 // is dense.

@@ -1,5 +1,5 @@
 // The band |i − j| ≤ r·k (dilation k, j ≡ i mod k; causal: j ≤ i) walked over the shared
-// online-softmax kernel. Shared by `sliding_window` and `longformer` (ALGORITHMS.md §3, §5).
+// online-softmax kernel. Shared by `sliding_window` and `longformer` (docs/ALGORITHMS.md §Band).
 //
 // A dilated band is k independent undilated bands, one per residue class ρ = i mod k, over
 // the strided subsequence ρ, ρ + k, ρ + 2k, … (row stride k·D, no copy). Inside one
@@ -51,7 +51,7 @@ int64_t row_pairs(int64_t n, const Window& w, int64_t i);
 // Number of rows whose band contains key j (the band transposed: equal to row_pairs when not
 // causal; causal: the rows j, j + k, …, j + r·k inside [0, n)).
 int64_t column_pairs(int64_t n, const Window& w, int64_t j);
-// Visible (query, key) pairs of the whole band over [0, n), closed form (ALGORITHMS.md §7):
+// Visible (query, key) pairs of the whole band over [0, n), closed form (docs/ALGORITHMS.md §Band):
 // per subsequence of length m, m(2r+1) − r(r+1) (non-causal, r < m), (r+1)(2m − r)/2
 // (causal, r < m), else dense (m² or m(m+1)/2); the k classes have only two lengths.
 double pairs(int64_t n, const Window& w);

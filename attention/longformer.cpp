@@ -1,5 +1,5 @@
-// `longformer`: Longformer's local + global attention pattern (arXiv:2004.05150; ALGORITHMS.md
-// §3) with the same q, k, v for both parts. A non-global row attends to its band ∪ G (each
+// `longformer`: Longformer's local + global attention pattern (arXiv:2004.05150; docs/ALGORITHMS.md
+// §Longformer) with the same q, k, v for both parts. A non-global row attends to its band ∪ G (each
 // global key once: global keys are hidden inside the band and attended from a gathered copy);
 // a global row attends to every key. The causal mask applies on top. Built on the shared
 // kernel through band.h, like `sliding_window`.
@@ -117,7 +117,7 @@ class Longformer final : public Attention {
 
   // 4·D per visible pair. Pairs: the band's closed form, minus the global rows' bands, plus
   // each non-global row's visible globals, minus the globals already inside its band, plus
-  // the global rows' dense rows (ALGORITHMS.md §7). The two sums over G are O(g log g).
+  // the global rows' dense rows (docs/ALGORITHMS.md §Longformer). The sums over G: O(g log g).
   double flops(const Shape& s) const override {
     const int64_t n = s.nq;
     const band::Window w = window(s);

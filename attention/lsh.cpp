@@ -1,4 +1,4 @@
-// `lsh`: Reformer's LSH self-attention (arXiv:2001.04451; ALGORITHMS.md §2).
+// `lsh`: Reformer's LSH self-attention (arXiv:2001.04451; docs/ALGORITHMS.md §LSH).
 //
 // Per head and hash round: bucket every row by angular LSH (argmax over [xR, −xR],
 // arXiv:1509.02897), stable-sort positions by (bucket, position) with a counting sort, pad
@@ -52,7 +52,7 @@ constexpr float kSelfPenalty = -1e5f;
 constexpr float kHidden = OnlineSoftmax::kHidden;
 constexpr int64_t kMaxBuckets = int64_t(1) << 24;
 
-// Bucket count and how the rotation columns are split into factors (ALGORITHMS.md §2.3).
+// Bucket count and how rotation columns split into factors (docs/ALGORITHMS.md §LSH buckets).
 struct Layout {
   int64_t buckets = 0;           // total buckets per round: product of factors
   std::vector<int64_t> factors;  // each even; bucket = a1 + b1·a2 + b1·b2·a3 + …
@@ -284,8 +284,8 @@ class Lsh final : public Attention {
   double flops(const Shape& s) const override {
     const Layout L = make_layout(cfg_, s.nq);
     const double n = double(s.nq), r = double(cfg_.rounds), D = double(s.dim);
-    // Executed = model pairs (ALGORITHMS.md §7): r·n·c·(1+before+after) when c divides n; with
-    // a short last chunk, the real rows of every window.
+    // Executed = model pairs (docs/ALGORITHMS.md §FLOPs): r·n·c·(1+before+after) when c divides n;
+    // with a short last chunk, the real rows of every window.
     const int64_t M = cfg_.rounds * L.chunks;
     if (cfg_.strict)  // at most c keys per query and round (fewer in small buckets)
       return (4.0 * D * r * n * double(L.chunk) +

@@ -1,4 +1,4 @@
-// `performer`: FAVOR+ random-feature attention (arXiv:2009.14794; ALGORITHMS.md §4).
+// `performer`: FAVOR+ random-feature attention (arXiv:2009.14794; docs/ALGORITHMS.md §Performer).
 //
 // out = φ(Q)·(φ(K)ᵀV) / (φ(Q)·(φ(K)ᵀ1)), φ a random feature map whose inner products estimate
 // exp(q·k·scale), so the output approximates plain dense softmax attention in O(n·m·D) time.
@@ -53,7 +53,7 @@ constexpr int64_t kMaxFeatures = 1 << 16;
 constexpr int64_t kMaxRun = 256;  // columns combined at once (stack buffer)
 
 // ---------------------------------------------------------------------------------------------
-// Random projection W [m, D] (ALGORITHMS.md §4.3), generated in double.
+// Random projection W [m, D] (docs/ALGORITHMS.md §Performer projection), generated in double.
 
 class Gaussian {
  public:
@@ -77,7 +77,7 @@ class Gaussian {
 
 // Q of A = QR (A is d x d, row-major) by Householder reflections, with column k multiplied
 // by sign(R_kk) so that Q is Haar-distributed for Gaussian A (Mezzadri, math-ph/0609050;
-// the caution in ALGORITHMS.md §4.3). Returns Q row-major.
+// docs/ALGORITHMS.md §Performer projection). Returns Q row-major.
 std::vector<double> haar_orthogonal(std::vector<double> a, int64_t d) {
   std::vector<double> vs(d * d, 0.0);  // reflector k in vs[k*d + k .. k*d + d-1]
   std::vector<double> sign_r(d, 1.0);
@@ -259,8 +259,8 @@ class Performer final : public Attention {
   void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                Tensor& out) override;
 
-  // Model FLOPs (§7): projections 2·(Nq + Nk)·m·D, φ(K)ᵀV 2·Nk·M·D, φ(Q)·S 2·Nq·M·D,
-  // denominators 2·Nq·M, column sums Nk·M; M = m (2m for trig). Causal executes more: the
+  // Model FLOPs (docs/ALGORITHMS.md §FLOPs): projections 2·(Nq + Nk)·m·D, φ(K)ᵀV 2·Nk·M·D, φ(Q)·S
+  // 2·Nq·M·D, denominators 2·Nq·M, column sums Nk·M; M = m (2m for trig). Causal executes more: the
   // block sums again (2·n·M·D) and the masked diagonal tiles (2·n·kChunkRows·(M + D)).
   double flops(const Shape& s) const override {
     const double m = features(s.dim), M = width(s.dim), D = s.dim;
@@ -350,7 +350,7 @@ void Performer::project(const float* x, int64_t rows, int64_t d, float* f, int64
   sgemm(false, true, rows, features(d), d, c_, x, d, w_.data(), d, 0.0f, f, ldf);
 }
 
-// Turns rows of x into φ(x) in f [rows, M] (ALGORITHMS.md §4.2, §4.1, §4.7).
+// Turns rows of x into φ(x) in f [rows, M] (docs/ALGORITHMS.md §Performer features).
 // Queries: softmax subtracts the row's own max of u; trig drops exp(‖x'‖²/2) (a per-row
 // factor, cancels in the normalization). Keys: the (batch, head)'s key_shift is subtracted
 // (max of u for softmax, max of ‖x'‖²/2 for trig). With block_max given (keys, first pass),

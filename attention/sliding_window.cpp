@@ -1,5 +1,5 @@
 // `sliding_window`: exact attention over the band |i − j| ≤ r·k, j ≡ i (mod k) (causal:
-// i − r·k ≤ j ≤ i), ALGORITHMS.md §5. The band is walked over the shared online-softmax kernel
+// i − r·k ≤ j ≤ i), docs/ALGORITHMS.md §Sliding window. The band is walked over the shared kernel
 // (band.h): only the key tiles that intersect a query block's band are visited and only their
 // edges are masked, so time and memory grow linearly in n.
 #include <omp.h>
@@ -39,7 +39,7 @@ class SlidingWindow final : public Attention {
                          });
   }
 
-  // 4·D per visible pair, pairs by the closed form of band::pairs (ALGORITHMS.md §7).
+  // 4·D per visible pair, pairs by the closed form of band::pairs (docs/ALGORITHMS.md §Band).
   double flops(const Shape& s) const override {
     return 4.0 * s.dim * band::pairs(s.nq, window(s)) * s.heads_total();
   }

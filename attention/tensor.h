@@ -40,7 +40,7 @@ struct Shape {
   float softmax_scale() const;
   int64_t heads_total() const { return checked_mul(batch, heads, "batch*heads"); }
   // Model FLOPs of exact dense attention: 4·D per visible (query, key) pair, n(n+1)/2 pairs
-  // per head when causal (ALGORITHMS.md §1, §7).
+  // per head when causal (docs/ALGORITHMS.md §FLOPs).
   double dense_flops() const;
   // Throws UsageError unless every size is positive, causal problems are square, and the bytes
   // of q, k, v and out fit in int64 (so sizes and estimates derived from them cannot wrap).

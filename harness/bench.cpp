@@ -1,12 +1,16 @@
 #include "harness/bench.h"
 
 #include <sys/resource.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <vector>
+
+#include "attention/kernels/gemm.h"
 
 // ---------------------------------------------------------------------------------------------
 // Global operator new/delete replacement. Every block carries a 16-byte header just before the
@@ -172,6 +176,30 @@ double peak_rss_bytes() {
   return double(u.ru_maxrss) * 1024.0;  // Linux reports kilobytes
 }
 
+namespace {
+
+double process_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6;
+}
+
+}  // namespace
+
+double control_cpu_ms_per_gflop(int calls) {
+  // 512^3 is big enough for oneDNN to use both threads and small enough (~1 ms) that the
+  // control adds little to a case; the buffers live for the process (allocated outside any
+  // counted region: the harness calls this with the allocation gate closed).
+  constexpr int64_t n = 512;
+  static const std::vector<float> a(size_t(n) * n, 0.25f), b(size_t(n) * n, 0.5f);
+  static std::vector<float> c(size_t(n) * n);
+  const double t0 = process_cpu_ms();
+  for (int i = 0; i < calls; ++i)
+    attn::kernels::sgemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+  const double gflop = 2.0 * n * n * n * calls / 1e9;
+  return (process_cpu_ms() - t0) / gflop;
+}
+
 std::string big_o_name(benchmark::BigO o) {
   switch (o) {
     case benchmark::o1:
@@ -204,7 +232,10 @@ Timing timing_from_runs(const std::vector<Run>& runs) {
       t.error = r.error_message.empty() ? "failed" : r.error_message;
       return t;
     }
-    t.reps_ms.push_back(r.GetAdjustedRealTime());  // Unit(kMillisecond)
+    t.reps_ms.push_back(r.GetAdjustedRealTime());     // Unit(kMillisecond)
+    t.cpu_ms_reps.push_back(r.GetAdjustedCPUTime());  // process CPU time (all threads)
+    const auto control = r.counters.find("control");
+    if (control != r.counters.end()) t.control_ms_reps.push_back(control->second.value);
   }
   t.mem_peak_bytes = g_case_memory.peak;
   if (g_case_memory.forwards > 0)
@@ -281,6 +312,10 @@ GbComplexity run_family(const BenchFamily& f, const BenchSettings& settings) {
         if (memory_run) ++g_forwards_in_run;
       }
       alloc_gate(false);
+      // The control right after this repetition's timed loop (not after the untimed memory
+      // runs): the gate divides each repetition's CPU time by its neighbouring control.
+      if (settings.control && !g_active.load(std::memory_order_relaxed))
+        state.counters["control"] = control_cpu_ms_per_gflop();
     } catch (const std::exception& e) {
       alloc_gate(false);
       skip = e.what();
@@ -290,6 +325,7 @@ GbComplexity run_family(const BenchFamily& f, const BenchSettings& settings) {
   });
   for (size_t i = 0; i < f.ns.size(); ++i) b->Args({f.ns[i], int64_t(i)});
   b->UseRealTime()
+      ->MeasureProcessCPUTime()
       ->Unit(benchmark::kMillisecond)
       ->Repetitions(std::max(1, settings.reps))
       ->MinTime(settings.min_time)

@@ -37,6 +37,10 @@ struct Timing {
   bool ok = false;
   std::string error;
   std::vector<double> reps_ms;  // mean real time per iteration of each repetition
+  // The load-robust pair the regression gate compares (docs/DESIGN.md, "The regression gate"):
+  // process CPU time (all threads) per iteration of each repetition, and the control measured
+  // right after that repetition: CPU ms per GFLOP of a fixed oneDNN sgemm.
+  std::vector<double> cpu_ms_reps, control_ms_reps;
   double median_ms = 0, min_ms = 0, max_ms = 0, cv = 0;
   int64_t mem_peak_bytes = 0;  // peak bytes during forward() (memory run)
   int64_t mem_allocs = 0;      // allocations per forward()
@@ -52,7 +56,14 @@ struct GbComplexity {
 struct BenchSettings {
   int reps = 3;
   double min_time = 0.05;  // seconds per repetition (GB MinTime)
+  bool control = true;     // measure the sgemm control after every repetition
 };
+
+// The control probe: CPU milliseconds (all threads of the process) per GFLOP of a fixed
+// 512x512x512 oneDNN sgemm, repeated `calls` times. Measured beside each repetition, it
+// tracks what the machine's load does to compute-bound work at that moment (clock, shared
+// cache, preemption), so the gate can divide it out.
+double control_cpu_ms_per_gflop(int calls = 4);
 
 // A family of cases measured over n (ascending). `prepare(i)` builds case i's inputs outside
 // the timed region and returns false to skip it (with `skip_reason(i)`); `body()` is one

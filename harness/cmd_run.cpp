@@ -16,6 +16,7 @@ int cmd_run(const Args& args) {
   std::string seqs, dist = "gaussian", out;
   uint64_t seed = 0;
   bool overwrite = false;
+  bool causal = false;
   cfg.reps = 5;
   po::options_description opts("attnbench run");
   opts.add_options()("help,h", "this help")("variant", po::value(&cfg.variants)->required(),
@@ -24,7 +25,7 @@ int cmd_run(const Args& args) {
       "dim", po::value(&cfg.dim)->default_value(64), "head dim D")(
       "heads", po::value(&cfg.heads)->default_value(8), "heads H")(
       "batch", po::value(&cfg.batch)->default_value(1), "batch B")(
-      "causal", po::bool_switch(&cfg.causal), "causal mask (j <= i)")(
+      "causal", po::bool_switch(&causal), "causal mask (j <= i)")(
       "threads", po::value(&cfg.threads)->default_value(0), "OpenMP threads (0 = all cores)")(
       "seed", po::value(&seed)->default_value(0), "input seed")(
       "dist", po::value(&dist)->default_value("gaussian"), "input distribution (attnbench list)")(
@@ -43,11 +44,12 @@ int cmd_run(const Args& args) {
   cfg.seqs = parse_int_list(seqs, "--seq");
   cfg.dists = {dist};
   cfg.seeds = {seed};
+  cfg.causal = {causal};
   // A quick command refuses what cannot fit (a sweep would skip it with a note instead).
   for (const auto& spec : cfg.variants) {
     auto a = attn::make_attention(spec);
     for (int64_t n : cfg.seqs) {
-      attn::Shape s{cfg.batch, cfg.heads, n, n, cfg.dim, cfg.causal};
+      attn::Shape s{cfg.batch, cfg.heads, n, n, cfg.dim, causal};
       a->validate(s);
       const double io = 4.0 * s.heads_total() * n * s.dim * sizeof(float);
       attn::check_fits_in_memory(io + a->extra_bytes(s), spec + " at n=" + std::to_string(n));

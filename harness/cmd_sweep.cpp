@@ -17,7 +17,7 @@ const char* kConfigKeys =
   variant = SPEC         variant spec, repeatable (attnbench list)
   seq = 512,1024,...     sequence lengths
   dim, heads, batch      D (64), H (8), B (1)
-  causal = true|false    causal mask (false)
+  causal = true|false    causal mask, repeatable: both lines give both kinds of case (false)
   dist = NAME            input distribution, repeatable (gaussian)
   seed = N               input seed, repeatable (0)
   posenc = SPEC          positional encoding added to q and k (none)

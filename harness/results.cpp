@@ -5,6 +5,7 @@
 #include <boost/version.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -110,6 +111,7 @@ RunContext current_context(int threads) {
   c.benchmark_version = "1.7.1";
   c.git_commit = git_commit();
   c.date_utc = now_utc();
+  if (const char* p = std::getenv("OMP_WAIT_POLICY")) c.omp_wait_policy = p;
   return c;
 }
 
@@ -125,6 +127,8 @@ json to_json(const Row& r) {
   j["time_ms_max"] = number_or_null(ok, r.time_ms_max);
   j["time_cv"] = number_or_null(ok, r.time_cv);
   j["time_ms_reps"] = ok ? json(r.time_ms_reps) : json::array();
+  j["cpu_ms_reps"] = ok ? json(r.cpu_ms_reps) : json::array();
+  j["control_ms_reps"] = ok ? json(r.control_ms_reps) : json::array();
   j["gflops"] = number_or_null(ok, r.gflops);
   j["pct_ceiling"] = number_or_null(ok, r.pct_ceiling);
   j["mem_peak_bytes"] = number_or_null(ok, r.mem_peak_bytes);
@@ -192,6 +196,9 @@ Row row_from_json(const json& j) {
     r.time_ms_max = get_number(j, "time_ms_max");
     r.time_cv = get_number(j, "time_cv");
     r.time_ms_reps = j.at("time_ms_reps").get<std::vector<double>>();
+    if (j.contains("cpu_ms_reps")) r.cpu_ms_reps = j["cpu_ms_reps"].get<std::vector<double>>();
+    if (j.contains("control_ms_reps"))
+      r.control_ms_reps = j["control_ms_reps"].get<std::vector<double>>();
     r.gflops = get_number(j, "gflops");
     r.pct_ceiling = get_number(j, "pct_ceiling");
     r.mem_peak_bytes = get_number(j, "mem_peak_bytes");
@@ -242,6 +249,7 @@ json to_json(const RunContext& c) {
           {"benchmark_version", c.benchmark_version},
           {"git_commit", c.git_commit},
           {"date_utc", c.date_utc},
+          {"omp_wait_policy", c.omp_wait_policy},
           {"sgemm_ceiling_gflops", c.sgemm_ceiling_gflops},
           {"config", c.config},
           {"command", c.command}};

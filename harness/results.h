@@ -21,6 +21,9 @@ struct Row {
   std::string status = "ok";  // or "skipped: <reason>"; skipped rows carry no metrics
   double time_ms_median = 0, time_ms_min = 0, time_ms_max = 0, time_cv = 0;
   std::vector<double> time_ms_reps;
+  // What the regression gate compares: process CPU ms per forward and the sgemm control's CPU
+  // ms per GFLOP measured right after each repetition (empty in files written before them).
+  std::vector<double> cpu_ms_reps, control_ms_reps;
   double gflops = 0, pct_ceiling = 0;
   double mem_peak_bytes = 0;
   int64_t mem_allocs = 0;
@@ -54,6 +57,7 @@ struct Scaling {
 struct RunContext {
   std::string cpu_model, compiler, onednn_version, boost_version, benchmark_version, git_commit,
       date_utc, config, command;
+  std::string omp_wait_policy;  // OMP_WAIT_POLICY as the run saw it ("" = unset: GOMP spins)
   int cores = 0, threads = 0;
   double sgemm_ceiling_gflops = 0;
 };

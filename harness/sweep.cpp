@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -96,11 +97,12 @@ void require_unique(const std::vector<T>& items, const std::string& key) {
 
 int64_t case_count(const SweepConfig& cfg) {
   std::set<int64_t> ns(cfg.seqs.begin(), cfg.seqs.end());
-  const int64_t n = attn::checked_product({int64_t(cfg.dists.size()), int64_t(cfg.variants.size()),
-                                           int64_t(ns.size()), int64_t(cfg.seeds.size())},
-                                          "number of cases");
+  const int64_t n = attn::checked_product(
+      {int64_t(cfg.dists.size()), int64_t(cfg.causal.size()), int64_t(cfg.variants.size()),
+       int64_t(ns.size()), int64_t(cfg.seeds.size())},
+      "number of cases");
   require(n <= kMaxCases, "the sweep expands to " + std::to_string(n) +
-                              " cases (dist x variant x seq x seed); at most " +
+                              " cases (dist x causal x variant x seq x seed); at most " +
                               std::to_string(kMaxCases) + " are allowed, split it up");
   return n;
 }
@@ -114,13 +116,13 @@ void check_cases(const SweepConfig& cfg) {
 
 SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
   SweepConfig c;
-  std::vector<std::string> dists, seeds;
+  std::vector<std::string> dists, seeds, causal;
   std::string seq;
   po::options_description keys("sweep config keys");
   keys.add_options()("variant", po::value(&c.variants), "variant spec (repeatable)")(
       "seq", po::value(&seq), "sequence lengths: 512,1024,...")("dim", po::value(&c.dim), "D")(
       "heads", po::value(&c.heads), "H")("batch", po::value(&c.batch), "B")(
-      "causal", po::value(&c.causal), "causal mask")(
+      "causal", po::value(&causal), "causal mask: true|false (repeatable)")(
       "dist", po::value(&dists), "input distribution (repeatable)")("seed", po::value(&seeds),
                                                                     "input seed (repeatable)")(
       "posenc", po::value(&c.posenc), "positional encoding spec")("threads", po::value(&c.threads),
@@ -160,6 +162,16 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
       d = trim(d);
       require(!d.empty(), "'dist' has an empty value");
       c.dists.push_back(d);
+    }
+    if (!causal.empty()) c.causal.clear();
+    for (const auto& v : causal) {
+      const std::string t = trim(v);
+      require(t == "true" || t == "false" || t == "1" || t == "0",
+              "causal: '" + v + "' is not true or false");
+      const bool value = t == "true" || t == "1";
+      require(std::find(c.causal.begin(), c.causal.end(), value) == c.causal.end(),
+              "causal: '" + t + "' is listed twice");
+      c.causal.push_back(value);
     }
     if (!seeds.empty()) c.seeds.clear();
     for (const auto& s : seeds) {
@@ -202,9 +214,10 @@ void validate_config(const SweepConfig& cfg) {
     if (c.dist != cfg.dists.front() || c.seed != cfg.seeds.front()) continue;
     attn::make_attention(c.spec)->validate(c.shape);
   }
+  const bool causal = cfg.causal.front();
   // Unknown distributions and encodings are rejected now, on inputs of one head (cheap).
   // npy:DIR inputs have the files' own shape, so only their presence is checked here.
-  attn::Shape s{1, 1, 0, 0, cfg.dim, cfg.causal};
+  attn::Shape s{1, 1, 0, 0, cfg.dim, causal};
   s.nq = s.nk = *std::min_element(cfg.seqs.begin(), cfg.seqs.end());
   // Memory first: when even these inputs would not fit, every case is skipped by the sweep's
   // own estimate, and the names are checked on a shape that fits (seq = 200000000 used to
@@ -261,16 +274,17 @@ std::vector<Case> expand_cases(const SweepConfig& cfg) {
   check_cases(cfg);
   std::vector<Case> out;
   for (const auto& dist : cfg.dists)
-    for (const auto& spec : cfg.variants)
-      for (int64_t n : ns)
-        for (uint64_t seed : cfg.seeds) {
-          Case c;
-          c.spec = spec;
-          c.variant = spec.substr(0, spec.find(':'));
-          c.shape = attn::Shape{cfg.batch, cfg.heads, n, n, cfg.dim, cfg.causal};
-          c.dist = dist, c.seed = seed, c.posenc = cfg.posenc;
-          out.push_back(c);
-        }
+    for (bool causal : cfg.causal)
+      for (const auto& spec : cfg.variants)
+        for (int64_t n : ns)
+          for (uint64_t seed : cfg.seeds) {
+            Case c;
+            c.spec = spec;
+            c.variant = spec.substr(0, spec.find(':'));
+            c.shape = attn::Shape{cfg.batch, cfg.heads, n, n, cfg.dim, causal};
+            c.dist = dist, c.seed = seed, c.posenc = cfg.posenc;
+            out.push_back(c);
+          }
   return out;
 }
 
@@ -354,6 +368,38 @@ double estimated_bytes(const Case& c, const attn::Attention& a, int64_t ref_rows
   return io + a.extra_bytes(s) + 8.0 * s.heads_total() * ref_rows * s.dim;
 }
 
+// Test-only: ATTNBENCH_TEST_SLOWDOWN=VARIANT=FACTOR makes every timed forward() of that
+// variant do FACTOR times the work on average (whole extra forward() calls, carried over
+// between calls), so the regression gate's power to catch a real slowdown can be measured
+// (results/BENCHMARKS.md). Unset in every normal run.
+struct InjectedSlowdown {
+  std::string variant;
+  double factor = 1, debt = 0;
+
+  static InjectedSlowdown from_env() {
+    InjectedSlowdown s;
+    const char* env = std::getenv("ATTNBENCH_TEST_SLOWDOWN");
+    if (!env || !*env) return s;
+    const std::string text = env;
+    const auto eq = text.find('=');
+    char* end = nullptr;
+    const double f = eq == std::string::npos ? 0 : std::strtod(text.c_str() + eq + 1, &end);
+    if (eq == std::string::npos || *end != '\0' || !(f >= 1 && f <= 100))
+      throw attn::UsageError("ATTNBENCH_TEST_SLOWDOWN='" + text +
+                             "' must read VARIANT=FACTOR with FACTOR in [1, 100]");
+    s.variant = text.substr(0, eq), s.factor = f;
+    return s;
+  }
+  // Extra forward() calls owed after one call of `variant`.
+  int extra_calls(const std::string& variant) {
+    if (variant != this->variant) return 0;
+    debt += factor - 1;
+    const int calls = int(debt);
+    debt -= calls;
+    return calls;
+  }
+};
+
 class Sweep {
  public:
   Sweep(const SweepConfig& cfg, const SweepOptions& opt) : cfg_(cfg), opt_(opt) {}
@@ -407,7 +453,11 @@ class Sweep {
     for (size_t i : pending) f.ns.push_back(cases_[i].shape.nq);
     f.prepare = [&](size_t k) { return prepare(cases_[pending[k]]); };
     f.skip_reason = [&](size_t) { return skip_; };
-    f.body = [&] { attn_->forward(cur_->shape, in_->q, in_->k, in_->v, *out_); };
+    f.body = [&] {
+      attn_->forward(cur_->shape, in_->q, in_->k, in_->v, *out_);
+      for (int i = slowdown_.extra_calls(cur_->variant); i > 0; --i)
+        attn_->forward(cur_->shape, in_->q, in_->k, in_->v, *out_);
+    };
     f.done = [&](size_t k, const Timing& t) { finish(cases_[pending[k]], t); };
     BenchSettings settings{cfg_.reps, cfg_.min_time};
     const GbComplexity gb = run_family(f, settings);
@@ -502,6 +552,7 @@ class Sweep {
       slowest_in_group_ = std::max(slowest_in_group_, case_seconds);
       r.time_ms_median = t.median_ms, r.time_ms_min = t.min_ms, r.time_ms_max = t.max_ms;
       r.time_cv = t.cv, r.time_ms_reps = t.reps_ms;
+      r.cpu_ms_reps = t.cpu_ms_reps, r.control_ms_reps = t.control_ms_reps;
       r.gflops = attn_->flops(c.shape) / (t.median_ms * 1e-3) / 1e9;
       r.pct_ceiling = 100.0 * r.gflops / ctx_.sgemm_ceiling_gflops;
       r.mem_peak_bytes = double(t.mem_peak_bytes), r.mem_allocs = t.mem_allocs;
@@ -567,6 +618,7 @@ class Sweep {
   std::unique_ptr<Inputs> in_;
   std::unique_ptr<attn::Tensor> out_;
   std::string skip_;
+  InjectedSlowdown slowdown_ = InjectedSlowdown::from_env();
 };
 
 }  // namespace

@@ -17,7 +17,7 @@ struct SweepConfig {
   std::vector<std::string> variants;  // spec strings
   std::vector<int64_t> seqs;
   int64_t dim = 64, heads = 8, batch = 1;
-  bool causal = false;
+  std::vector<bool> causal = {false};  // repeatable key: both values make both kinds of case
   std::vector<std::string> dists = {"gaussian"};
   std::vector<uint64_t> seeds = {0};
   std::string posenc;  // "" = none
@@ -51,7 +51,7 @@ struct Case {
   std::string input_key() const;  // the same for every variant on the same inputs
   std::string group_key() const;  // one Google Benchmark family: the key without n and seed
 };
-// Order: distribution, variant, n ascending, seed.
+// Order: distribution, causal (as listed), variant, n ascending, seed.
 std::vector<Case> expand_cases(const SweepConfig& cfg);
 
 struct SweepOptions {

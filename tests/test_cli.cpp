@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <sstream>
 
 #include "attention/npy.h"
 #include "test_util.h"
@@ -83,10 +85,50 @@ TEST(Cli, RunRefusesSizesThatDoNotFit) {
   EXPECT_NE(r.output.find("GiB"), std::string::npos) << r.output;
 }
 
+// The names under "Variants" in `attnbench list`: each entry is a line holding only the name,
+// indented by two spaces (its doc and parameters are indented further).
+std::vector<std::string> listed_variants(const std::string& output) {
+  std::istringstream in(output);
+  std::vector<std::string> names;
+  bool in_variants = false;
+  for (std::string line; std::getline(in, line);) {
+    const bool section_title = !line.empty() && line[0] != ' ';
+    if (section_title && in_variants) break;  // the next section
+    if (section_title) in_variants = line.rfind("Variants", 0) == 0;
+    const bool entry = line.size() > 2 && line.rfind("  ", 0) == 0 && line[2] != ' ';
+    if (in_variants && entry) names.push_back(line.substr(2));
+  }
+  return names;
+}
+
 TEST(Cli, ListShowsEveryVariant) {
   CliResult r = run_cli("list");
-  EXPECT_EQ(r.code, 0);
-  for (const auto& v : variants()) EXPECT_NE(r.output.find(v.name), std::string::npos);
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::vector<std::string> registered;
+  for (const auto& v : variants()) registered.push_back(v.name);
+  // Whole names, each once, in registry order: "full" inside "full_materialized" is not "full".
+  EXPECT_EQ(listed_variants(r.output), registered) << r.output;
+}
+
+// The rows of the table `attnbench run` prints: (spec, n) of every line between the header
+// (which starts with "variant") and the first blank line.
+std::vector<std::pair<std::string, int64_t>> printed_rows(const std::string& output) {
+  std::istringstream in(output);
+  std::vector<std::pair<std::string, int64_t>> rows;
+  bool in_table = false;
+  for (std::string line; std::getline(in, line);) {
+    if (!in_table) {
+      in_table = line.rfind("variant ", 0) == 0;
+      continue;
+    }
+    if (line.empty()) break;
+    std::istringstream fields(line);
+    std::string spec;
+    int64_t n = -1;
+    fields >> spec >> n;
+    rows.emplace_back(spec, n);
+  }
+  return rows;
 }
 
 TEST(Cli, RunPrintsOneRowPerVariantAndSize) {
@@ -94,7 +136,12 @@ TEST(Cli, RunPrintsOneRowPerVariantAndSize) {
       run_cli("run --variant full --variant full_materialized --seq 64,100 --heads 2 --reps 1");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("sgemm ceiling"), std::string::npos);
-  EXPECT_NE(r.output.find("full_materialized"), std::string::npos);
+  // Each (variant, n) exactly once, in whatever order the sweep runs them.
+  using Rows = std::multiset<std::pair<std::string, int64_t>>;
+  const Rows expect = {
+      {"full", 64}, {"full", 100}, {"full_materialized", 64}, {"full_materialized", 100}};
+  const auto rows = printed_rows(r.output);
+  EXPECT_EQ(Rows(rows.begin(), rows.end()), expect) << r.output;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "attention/registry.h"
 #include "harness/stats.h"
 
 #include "test_util.h"
@@ -139,14 +140,111 @@ TEST(Compare, AccuracyRegressionBeyondToleranceFails) {
   EXPECT_EQ(compare(baseline(), now, "--error-tolerance 0.25").code, 0);
   now["rows"][1]["rel_err"] = 0.08 * 1.04;  // within the default 5%
   EXPECT_EQ(compare(baseline(), now).code, 0);
-  // full's 1e-7: a 50% change is fp32 rounding noise, inside the absolute epsilon...
-  now["rows"][0]["rel_err"] = 1.5e-7;
+  // full's 1e-7: errors are deterministic, so even an exact variant's tiny error is held to
+  // 5 % of itself (an absolute epsilon of 1e-6 once let a tripling through).
+  now["rows"][0]["rel_err"] = 1.04e-7;
   EXPECT_EQ(compare(baseline(), now).code, 0);
-  // ...but a real bug is not.
+  now["rows"][0]["rel_err"] = 1.5e-7;
+  EXPECT_EQ(compare(baseline(), now).code, 1);
   now["rows"][0]["rel_err"] = 1e-3;
   EXPECT_EQ(compare(baseline(), now).code, 1);
   now["rows"][0]["rel_err"] = nullptr;  // NaN written as null
   EXPECT_EQ(compare(baseline(), now).code, 1);
+}
+
+TEST(Compare, TriplingOfFullsErrorIsCaught) {
+  json base = run(200, {row("full", 4e-7, kSteady)});
+  json now = run(200, {row("full", 1.2e-6, kSteady)});
+  CliResult r = compare(base, now);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("ACCURACY"), std::string::npos) << r.output;
+}
+
+// Rows as the sweep writes them now: process CPU ms per forward and the sgemm control's CPU ms
+// per GFLOP after each repetition.
+json cpu_row(double rel_err, const std::vector<double>& cpu, const std::vector<double>& control,
+             const std::vector<double>& wall) {
+  json r = row("full", rel_err, wall);
+  r["cpu_ms_reps"] = cpu, r["control_ms_reps"] = control;
+  return r;
+}
+
+TEST(Compare, CpuTimeIsDividedByItsNeighbouringControl) {
+  const std::vector<double> control(kSteady.size(), 5.0);
+  json base = run(200, {cpu_row(1e-7, kSteady, control, kSteady)});
+  // A loaded machine: everything, the control included, costs 1.8x the CPU time, and the
+  // wall time triples. The gate divides the load out and ignores wall time.
+  json now =
+      run(100, {cpu_row(1e-7, scaled(kSteady, 1.8), scaled(control, 1.8), scaled(kSteady, 3.0))});
+  CliResult r = compare(base, now);
+  EXPECT_EQ(r.code, 0) << r.output;
+  // The forward alone costs 1.5x the CPU time beside an unchanged control: a regression.
+  now = run(200, {cpu_row(1e-7, scaled(kSteady, 1.5), control, kSteady)});
+  r = compare(base, now);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("SLOWER"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1.500"), std::string::npos) << r.output;
+  // A baseline without CPU times falls back to wall time in units of the ceiling.
+  json old = run(200, {row("full", 1e-7, kSteady)});
+  EXPECT_EQ(compare(old, run(200, {cpu_row(1e-7, kSteady, control, scaled(kSteady, 2))})).code, 1);
+}
+
+// Six variants' rows whose CPU times are those of kSteady scaled per variant.
+json drift_run(const std::vector<double>& factor) {
+  const std::vector<double> control(kSteady.size(), 5.0);
+  std::vector<json> rows;
+  for (size_t i = 0; i < factor.size(); ++i) {
+    json r = cpu_row(1e-7, scaled(kSteady, factor[i]), control, kSteady);
+    r["variant"] = "v" + std::to_string(i);
+    r["key"] = "v" + std::to_string(i) + "|B=1";
+    rows.push_back(r);
+  }
+  return run(200, rows);
+}
+
+TEST(Compare, LoadThatSlowsEveryVariantIsDividedOutButOneVariantsSlowdownIsNot) {
+  const json base = drift_run({1, 1, 1, 1, 1, 1});
+  // Load the control did not see: every case 1.2-1.45x. Relative to the other variants' median
+  // nothing changed, and the median is inside the global tolerance.
+  CliResult r = compare(base, drift_run({1.2, 1.3, 1.45, 1.35, 1.25, 1.4}));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(
+      compare(base, drift_run({1.2, 1.3, 1.45, 1.35, 1.25, 1.4}), "--no-drift-correction").code, 1);
+  // One variant 1.5x while the others hold: caught.
+  r = compare(base, drift_run({1, 1.02, 0.98, 1.5, 1.01, 1}));
+  EXPECT_EQ(r.code, 1) << r.output;
+  size_t slower = 0;
+  for (size_t at = r.output.find("SLOWER"); at != std::string::npos;
+       at = r.output.find("SLOWER", at + 1))
+    ++slower;
+  EXPECT_EQ(slower, 1u) << r.output;
+  const size_t line = r.output.rfind('\n', r.output.find("SLOWER"));
+  EXPECT_EQ(r.output.compare(line + 1, 6, "v3|B=1"), 0) << r.output;
+  // Every variant 1.6x (a regression they all share, e.g. in a common kernel): the global check.
+  r = compare(base, drift_run({1.6, 1.6, 1.6, 1.6, 1.6, 1.6}));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("EVERY CASE SLOWER"), std::string::npos) << r.output;
+}
+
+TEST(Compare, EveryRegisteredVariantNeedsBaselineCasesCausalAndNot) {
+  CliResult r = compare(baseline(), baseline(), "--require-every-variant");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("UNCOVERED: registered variant lsh (non-causal)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("UNCOVERED: registered variant full (causal)"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("full (non-causal)"), std::string::npos) << r.output;
+  std::vector<json> rows;
+  for (const auto& info : attn::variants())
+    for (bool causal : {false, true}) {
+      json x = row(info.name, 0.1, kSteady);
+      x["causal"] = causal;
+      x["key"] = info.name + (causal ? "|causal=1" : "|causal=0");
+      rows.push_back(x);
+    }
+  r = compare(run(200, rows), run(200, rows), "--require-every-variant");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("0 uncovered variants"), std::string::npos) << r.output;
 }
 
 TEST(Compare, SignificantSlowdownFails) {

@@ -76,7 +76,7 @@ std::vector<float> test_rotations(const Shape& s, const LshParams& p, uint32_t s
   return r;
 }
 
-// fp64 brute force of Reformer LSH as ALGORITHMS.md §2 states it, written independently of
+// fp64 brute force of Reformer LSH as docs/ALGORITHMS.md §LSH states it, written independently of
 // attention/lsh.cpp: explicit candidate lists per query slot, one softmax per round, rounds
 // mixed by softmax over their lse. Sets `ambiguous` when a hash argmax is a near-tie (then
 // fp32 hashing may legitimately pick another bucket).

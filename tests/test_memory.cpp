@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "harness/bench.h"
@@ -39,14 +41,16 @@ TEST(MemoryHook, CountsPeakNotTotalAndOnlyInsideTheGate) {
       std::vector<double> b(1 << 14);  // 128 KiB
     }
     auto c = std::make_unique<char[]>(100000);
-    before = std::vector<char>();  // freeing an uncounted block must not lower the total
+    before = std::vector<char>();  // freeing an uncounted block must not lower the total...
     auto d = std::make_unique<char[]>(50000);
+    auto e = std::make_unique<char[]>(300000);  // ...which this block takes to a new peak
     attnbench::alloc_gate(false);
   }
   attnbench::AllocStats r = attnbench::alloc_tracking_stop();
-  EXPECT_EQ(r.allocs, 4);
-  // Peak: 256 KiB + 128 KiB live together; later 100000 + 50000 bytes.
-  EXPECT_EQ(r.peak_bytes, (1 << 18) + (1 << 17));
+  EXPECT_EQ(r.allocs, 5);
+  // 256 KiB + 128 KiB live together, freed; then 100000 + 50000 + 300000 bytes live together:
+  // the peak is the larger live set, not the 843216 bytes allocated in total.
+  EXPECT_EQ(r.peak_bytes, 100000 + 50000 + 300000);
   // A new start forgets everything.
   attnbench::alloc_tracking_start();
   r = attnbench::alloc_tracking_stop();
@@ -65,8 +69,29 @@ TEST(MemoryHook, AlignedAllocationsKeepTheirAlignment) {
   free_floats(f);
 }
 
+// A field of /proc/self/status in bytes ("VmRSS", "VmHWM"; the kernel reports kB).
+double proc_status_bytes(const std::string& field) {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(field + ":", 0) == 0) return 1024.0 * std::stod(line.substr(field.size() + 1));
+  ADD_FAILURE() << field << " not in /proc/self/status";
+  return 0;
+}
+
+// Touching a block that takes the resident set 64 MiB past its previous high-water mark
+// raises the reported peak by at least that much, to the kernel's own VmHWM.
 TEST(MemoryHook, PeakRssIsReported) {
-  EXPECT_GT(attnbench::peak_rss_bytes(), 1e6);
+  const double peak_before = attnbench::peak_rss_bytes();
+  const double rss = proc_status_bytes("VmRSS");
+  const size_t grow = size_t(std::max(0.0, peak_before - rss)) + (size_t(64) << 20);
+  std::unique_ptr<char[]> block(new char[grow]);
+  volatile char* p = block.get();
+  for (size_t i = 0; i < grow; i += 4096) p[i] = char(i);  // every page resident
+  const double peak_after = attnbench::peak_rss_bytes();
+  const double hwm = proc_status_bytes("VmHWM");
+  EXPECT_GE(peak_after, peak_before + 60.0 * (1 << 20))
+      << "before " << peak_before << " B, after touching " << grow << " B: " << peak_after;
+  EXPECT_NEAR(peak_after, hwm, 4.0 * (1 << 20));
 }
 
 // Below this, analytic formulas and real allocations differ by small constant buffers (a few

@@ -51,7 +51,7 @@ std::vector<double> exported_features(Attention& a, const Shape& s, int64_t* m =
 
 enum class Kind { Softmax, Relu, Trig };
 
-// φ of one row in fp64, the formula of ALGORITHMS.md §4.2 / §4.7 as documented for the
+// φ of one row in fp64, the formula of docs/ALGORITHMS.md §Performer features as documented for the
 // variant: x' = x·D^(-1/4), u = W x'; softmax: m^(-1/2)(exp(u − ‖x'‖²/2 − shift) + eps) with
 // shift = the row's max of u (queries) or `key_shift` (keys); relu: max(u, 0) + 1e-3;
 // trig: m^(-1/2)·amp·[sin u, cos u], amp = 1 (queries) or exp(‖x'‖²/2 − key_shift) (keys).
@@ -187,7 +187,7 @@ double mean_error(const std::string& spec, const Shape& s, const attnbench::Inpu
   return sum / seeds;
 }
 
-// Unbiasedness of the positive features (ALGORITHMS.md §4.1): over independent draws of W,
+// Unbiasedness of the positive features (docs/ALGORITHMS.md §Performer kernel): over draws of W,
 // the mean of φ(x)·φ(y) (no stabilizer, no shifts) is exp(q·k/sqrt(D)). Tolerance: 4.5
 // standard errors of the mean, from the sample variance.
 TEST(Performer, PositiveFeaturesAreUnbiased) {
@@ -290,8 +290,8 @@ TEST(Performer, OrthogonalFeaturesBeatIid) {
   EXPECT_LT(ortho, iid);
 }
 
-// Paper §4 / ALGORITHMS.md §4.8: positive features stay accurate where the kernel is small,
-// trigonometric ones do not; peaked attention (large logits) is where it shows.
+// Paper §4 / docs/ALGORITHMS.md §Performer error: positive features stay accurate where the kernel
+// is small, trigonometric ones do not; peaked attention (large logits) is where it shows.
 TEST(Performer, PositiveFeaturesBeatTrigOnPeakedInputs) {
   const Shape s{1, 2, 64, 64, 16, false};
   const auto in = scaled_inputs(s, 23, 1.5f);

@@ -2,11 +2,13 @@
 // counts, the sinusoidal closed form, add_to, weights round trips, errors and the CLI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
 #include "attention/npy.h"
 #include "attention/positional/positional.h"
@@ -253,17 +255,23 @@ TEST(Learned, EncodingIsThePrefixOfItsTableForAnySplitAcrossThreads) {
   }
 }
 
+// Both kinds with trainable tables (axial factors, the learned table), 65536 entries each.
 TEST(Encoding, InitialTablesAreStandardNormal) {
-  auto e = make("axial:shape=256x256,dims=128x128", 65536, 256, 3);
-  fs::path dir = scratch("normal");
-  e->save_weights(dir.string());
-  double sum = 0, sq = 0, count = 0;
-  for (const char* f : {"factor_0.npy", "factor_1.npy"})
-    for (float v : read_npy((dir / f).string()).data) sum += v, sq += double(v) * v, ++count;
-  EXPECT_EQ(count, 65536);
-  const double mean = sum / count, var = sq / count - mean * mean;
-  EXPECT_NEAR(mean, 0.0, 0.03);  // standard errors 0.004 and 0.006
-  EXPECT_NEAR(var, 1.0, 0.03);
+  for (auto [spec, n, dim] :
+       {std::tuple<std::string, int64_t, int64_t>{"axial:shape=256x256,dims=128x128", 65536, 256},
+        {"learned", 256, 256}}) {
+    SCOPED_TRACE(spec);
+    auto e = make(spec, n, dim, 3);
+    fs::path dir = scratch("normal");
+    e->save_weights(dir.string());
+    double sum = 0, sq = 0, count = 0;
+    for (const auto& f : fs::directory_iterator(dir))
+      for (float v : read_npy(f.path().string()).data) sum += v, sq += double(v) * v, ++count;
+    EXPECT_EQ(count, 65536);
+    const double mean = sum / count, var = sq / count - mean * mean;
+    EXPECT_NEAR(mean, 0.0, 0.03);  // standard errors 0.004 and 0.006
+    EXPECT_NEAR(var, 1.0, 0.03);
+  }
 }
 
 TEST(Encoding, BadParametersAreUsageErrors) {
@@ -475,11 +483,62 @@ TEST(Cli, PosencErrorsExitWithUsageOrRuntimeCodes) {
   EXPECT_NE(r.output.find("order=row|col"), std::string::npos) << r.output;
 }
 
+// Mean over heads and rows of the dense softmax mass within |i − j| <= radius: the coverage
+// a sliding window of that radius reports, computed here directly from q and k.
+double window_mass(const Shape& s, const Tensor& q, const Tensor& k, int64_t radius) {
+  double total = 0;
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t i = 0; i < s.nq; ++i) {
+      std::vector<double> z(size_t(s.nk));
+      for (int64_t j = 0; j < s.nk; ++j) {
+        double dot = 0;
+        for (int64_t d = 0; d < s.dim; ++d)
+          dot += double(q.head(0, h)[i * s.dim + d]) * k.head(0, h)[j * s.dim + d];
+        z[size_t(j)] = s.softmax_scale() * dot;
+      }
+      const double m = *std::max_element(z.begin(), z.end());
+      double all = 0, near = 0;
+      for (int64_t j = 0; j < s.nk; ++j) {
+        const double p = std::exp(z[size_t(j)] - m);
+        all += p;
+        if (std::abs(i - j) <= radius) near += p;
+      }
+      total += near / all;
+    }
+  return total / double(s.heads * s.nq);
+}
+
+// What the variant attends over is q + E and k + E: a sliding window's coverage (the dense
+// mass inside its window, measured on the q and k it ran on) is that of the encoded inputs,
+// not of the plain ones, and the dense reference saw the same encoded inputs as the variant.
 TEST(Cli, RunWithPosencEncodesBeforeAttention) {
+  fs::path d = scratch("run_posenc");
+  const std::string spec = "axial:shape=8x8,dims=8x8";
   CliResult r = run_cli(
-      "run --variant full --seq 64,100 --heads 2 --dim 16 --reps 1 --posenc "
-      "axial:shape=10x10,dims=8x8");
+      "run --variant sliding_window:radius=2 --variant full --seq 64 --heads 2 --dim 16 --reps 1 "
+      "--min-time 0.001 --posenc " +
+      spec + " --out " + d.string());
   ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(d / "results.json"));
+  ASSERT_EQ(j["rows"].size(), 2u);
+  const auto& window = j["rows"][0];
+  const auto& full = j["rows"][1];
+  ASSERT_EQ(window["variant"], "sliding_window");
+  ASSERT_EQ(full["variant"], "full");
+  EXPECT_EQ(window["posenc"], spec);
+
+  const Shape s{1, 2, 64, 64, 16};
+  const auto plain = attnbench::make_inputs(s, "gaussian", 0);  // `run`'s default seed
+  auto encoded = attnbench::make_inputs(s, "gaussian", 0);
+  const std::vector<float> enc = encode(*make(spec, 64, 16, 0), 64);  // the hook's fixed seed
+  for (Tensor* t : {&encoded.q, &encoded.k})
+    for (int64_t e = 0; e < t->size(); ++e) t->data()[e] += enc[size_t(e % (64 * 16))];
+  const double with = window_mass(s, encoded.q, encoded.k, 2);
+  const double without = window_mass(s, plain.q, plain.k, 2);
+  ASSERT_GT(std::abs(with - without), 1e-2);  // the encoding changes what the window covers
+  EXPECT_NEAR(window["coverage"].get<double>(), with, 1e-6);
+  EXPECT_LT(full["rel_err"].get<double>(), 1e-5);
+
   EXPECT_EQ(run_cli("run --variant full --seq 128 --heads 2 --dim 16 --reps 1 --posenc "
                     "axial:shape=10x10")
                 .code,

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <set>
+#include <sstream>
+
 #include "attention/registry.h"
 
 namespace attn {
@@ -14,15 +17,37 @@ std::string usage_error(const std::string& spec) {
   return "";
 }
 
+// The seven variants the project ships must stay registered, every registered name must build
+// a variant of that name, and no name may be registered twice.
 TEST(Registry, KnownVariantsAreListed) {
-  for (const char* name : {"reference", "full_materialized", "full"})
-    EXPECT_EQ(make_attention(name)->name(), name);
+  std::set<std::string> registered;
+  for (const VariantInfo& v : variants()) {
+    EXPECT_TRUE(registered.insert(v.name).second) << v.name << " registered twice";
+    EXPECT_EQ(make_attention(v.name)->name(), v.name);
+  }
+  for (const char* name : {"reference", "full_materialized", "full", "sliding_window", "longformer",
+                           "lsh", "performer"})
+    EXPECT_EQ(registered.count(name), 1u) << name << " is not registered";
+}
+
+// The names after "valid variants: " up to " (see", split at ", ".
+std::vector<std::string> names_in_error(const std::string& e) {
+  const std::string from = "valid variants: ", to = " (see";
+  const size_t a = e.find(from), b = e.find(to);
+  if (a == std::string::npos || b == std::string::npos || b < a) return {};
+  std::vector<std::string> names;
+  std::istringstream list(e.substr(a + from.size(), b - a - from.size()));
+  for (std::string name; std::getline(list, name, ',');)
+    names.push_back(name.substr(name.find_first_not_of(' ')));
+  return names;
 }
 
 TEST(Registry, UnknownVariantListsValidNames) {
   std::string e = usage_error("flash");
   EXPECT_NE(e.find("unknown variant 'flash'"), std::string::npos) << e;
-  EXPECT_NE(e.find("full_materialized"), std::string::npos) << e;
+  std::vector<std::string> registered;
+  for (const VariantInfo& v : variants()) registered.push_back(v.name);
+  EXPECT_EQ(names_in_error(e), registered) << e;
 }
 
 TEST(Registry, UnknownKeyIsAnError) {
@@ -56,11 +81,24 @@ TEST(Registry, ParamValuesAreValidated) {
   }
 }
 
+// For every registered variant in its default spec: a zero size, and a causal problem with
+// Nq != Nk, are usage errors; a square problem is accepted.
 TEST(Registry, ImpossibleShapesAreUsageErrors) {
-  auto full = make_attention("full");
-  EXPECT_THROW(full->validate(Shape{1, 1, 0, 4, 64}), UsageError);
-  EXPECT_THROW(full->validate(Shape{1, 1, 4, 8, 64, true}), UsageError);
-  EXPECT_NO_THROW(full->validate(Shape{1, 1, 4, 8, 64, false}));
+  for (const VariantInfo& v : variants()) {
+    SCOPED_TRACE(v.name);
+    auto a = make_attention(v.name);
+    EXPECT_THROW(a->validate(Shape{1, 1, 0, 4, 64}), UsageError);
+    EXPECT_THROW(a->validate(Shape{1, 1, 4, 0, 64}), UsageError);
+    EXPECT_THROW(a->validate(Shape{0, 1, 4, 4, 64}), UsageError);
+    EXPECT_THROW(a->validate(Shape{1, 0, 4, 4, 64}), UsageError);
+    EXPECT_THROW(a->validate(Shape{1, 1, 4, 4, 0}), UsageError);
+    EXPECT_THROW(a->validate(Shape{1, 1, 4, 8, 64, true}), UsageError);
+    EXPECT_NO_THROW(a->validate(Shape{1, 1, 8, 8, 64, true}));
+    EXPECT_NO_THROW(a->validate(Shape{1, 1, 8, 8, 64, false}));
+  }
+  // Cross-attention (Nq != Nk) is a valid problem for the dense variants.
+  for (const char* name : {"reference", "full_materialized", "full"})
+    EXPECT_NO_THROW(make_attention(name)->validate(Shape{1, 1, 4, 8, 64, false})) << name;
 }
 
 }  // namespace

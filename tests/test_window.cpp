@@ -10,8 +10,8 @@
 namespace attn::test {
 namespace {
 
-// The patterns, written directly from their definitions (ALGORITHMS.md §3, §5); the causal
-// mask is applied by the reference on top.
+// The patterns, written directly from their definitions (docs/ALGORITHMS.md §Band, §Longformer);
+// the causal mask is applied by the reference on top.
 struct Pattern {
   int64_t radius = 0, dilation = 1;
   std::set<int64_t> globals;
@@ -187,7 +187,8 @@ TEST(Window, FlopsAndVisitedKeysMatchBruteForce) {
 }
 
 TEST(Window, ClosedFormsOfSection7) {
-  // ALGORITHMS.md §7: symmetric window n(2w+1) − w(w+1); causal window of W keys nW − W(W−1)/2.
+  // docs/ALGORITHMS.md §Band: symmetric window n(2w+1) − w(w+1); causal window of W keys
+  // nW − W(W−1)/2.
   const Shape s{1, 1, 16384, 16384, 64, false};
   auto sw = make_attention("sliding_window:radius=256");
   EXPECT_EQ(sw->flops(s), 4.0 * 64 * (16384.0 * 513 - 256.0 * 257));

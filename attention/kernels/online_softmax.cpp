@@ -163,7 +163,7 @@ void OnlineSoftmax::accumulate(const float* v, int64_t ld, int64_t n) {
   for (int x = 0; x < kV; ++x) {
     const __m512 old = _mm512_load_ps(max_.data() + 16 * x);
     // A row whose keys are all hidden so far keeps max -inf; subtracting 0 instead keeps
-    // exp(-inf - max) = 0 rather than NaN (PyTorch's guard, ALGORITHMS.md §1).
+    // exp(-inf - max) = 0 rather than NaN (PyTorch's guard, docs/ALGORITHMS.md §Online softmax).
     const __mmask16 none = _mm512_cmp_ps_mask(mx[x], _mm512_set1_ps(kHidden), _CMP_EQ_OQ);
     m_use[x] = _mm512_mask_mov_ps(mx[x], none, _mm512_setzero_ps());
     _mm512_store_ps(alpha_.data() + 16 * x, exp16(_mm512_sub_ps(old, m_use[x])));

@@ -1,5 +1,5 @@
 // The one blocked online-softmax ("flash") kernel that dense, sliding-window, Longformer and
-// LSH attention share (ARCHITECTURE.md, "One tiled kernel, many patterns").
+// LSH attention share (docs/DESIGN.md §Shared kernel).
 //
 // For a block of up to kQueryRows query rows it keeps the running max m, running sum l and an
 // unnormalized accumulator per row (arXiv:1805.02867, arXiv:2307.08691) while the caller feeds

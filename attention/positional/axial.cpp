@@ -2,7 +2,7 @@
 // AxialPositionalEncoding, lucidrains axial-positional-embedding): factor tables
 // E_i ∈ R^{l_i × d_i}, Π l_i ≥ n, Σ d_i = D, and E(j) = concat_i E_i[a_i(j)] where a(j) are the
 // digits of j in the mixed radix (l_1, …, l_m). order=row (the code of all three sources, see
-// ALGORITHMS.md §6.2): the last factor varies fastest, so for two factors
+// docs/ALGORITHMS.md §Axial): the last factor varies fastest, so for two factors
 // E(j) = [E1[j div l2], E2[j mod l2]]. order=col (the Hugging Face docs): the first factor varies
 // fastest, E(j) = [E1[j mod l1], E2[j div l1]]. Lookup is a pure gather: 0 FLOPs.
 #include <omp.h>
