@@ -37,11 +37,6 @@ std::vector<int64_t> parse_int_list(const std::string& text, const std::string& 
   return out;
 }
 
-// Far more threads than cores is never a useful measurement, and libgomp overflows its stack
-// creating a team of ~100000 (a crash, not an error). 1024 is 4x the core count of the largest
-// single machines attnbench targets and still creates cleanly on a 2-core machine.
-constexpr int64_t kMaxThreads = 1024;
-
 void check_threads(int64_t threads, const std::string& what) {
   if (threads < 0 || threads > kMaxThreads)
     throw attn::UsageError(what + " must be in [0, " + std::to_string(kMaxThreads) +

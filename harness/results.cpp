@@ -16,6 +16,7 @@
 
 #include "attention/npy.h"
 #include "attention/tensor.h"
+#include "harness/cli.h"
 #include "oneapi/dnnl/dnnl.h"
 
 namespace attnbench {
@@ -187,7 +188,7 @@ Row row_from_json(const json& j) {
                                j["seed"].dump().substr(0, 40));
     r.seed = j["seed"].get<uint64_t>();
     r.posenc = get_text(j, "posenc");
-    r.threads = int(get_count(j, "threads", 0, 1024));  // the limit of check_threads
+    r.threads = int(get_count(j, "threads", 0, kMaxThreads));
     r.reps = int(get_count(j, "reps", 1, std::numeric_limits<int>::max()));
     r.status = get_text(j, "status");
     if (!r.ok()) return r;
