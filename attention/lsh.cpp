@@ -12,6 +12,14 @@
 // padding bucket) and are dropped when a window is gathered, so they are never keys and
 // never computed as queries; results for real positions are what HF gets from padding with
 // masked tokens.
+//
+// Causality (causal_mode=reformer, the default): --causal only hides keys j > i. Which past keys
+// share query i's chunk depends on the sort, and the sort on every position's hash, so changing
+// future rows can change which past keys a query sees: Reformer's own behaviour, not causal in
+// the strict sense. causal_mode=strict: per round, query i attends to the at most c most
+// recent keys j <= i in its own bucket (same-bucket positions are contiguous and in order in the
+// stable sort), rounds combined by log-sum-exp as above; a bucket depends only on its own row,
+// so row i of the output depends on rows <= i alone.
 #include <omp.h>
 
 #if defined(__AVX512F__)
@@ -59,6 +67,7 @@ struct Config {
   std::string factorize;
   int64_t rounds = 4, chunk = 64, before = 1, after = 0;
   bool shared_qk = true, dedup = false;
+  bool strict = false;  // causal_mode=strict (see the top of this file)
   uint64_t seed = 0;
 };
 
@@ -124,7 +133,7 @@ Layout make_layout(const Config& cfg, int64_t n) {
   // A chunk longer than the sequence holds the same slots as one of length n (one chunk per
   // round either way), so the shorter one is used and no buffer grows with c beyond n.
   L.chunk = std::min(cfg.chunk, n);
-  L.padded = (n + L.chunk - 1) / L.chunk * L.chunk;
+  L.padded = checked_add(n, L.chunk - 1, "lsh padded length") / L.chunk * L.chunk;
   L.chunks = L.padded / L.chunk;
   return L;
 }
@@ -249,7 +258,8 @@ class Lsh final : public Attention {
             {"after", std::to_string(cfg_.after)},
             {"shared_qk", cfg_.shared_qk ? "true" : "false"},
             {"dedup", cfg_.dedup ? "true" : "false"},
-            {"seed", std::to_string(cfg_.seed)}};
+            {"seed", std::to_string(cfg_.seed)},
+            {"causal_mode", cfg_.strict ? "strict" : "reformer"}};
   }
 
   void validate(const Shape& s) const override {
@@ -260,6 +270,12 @@ class Lsh final : public Attention {
     const Layout L = make_layout(cfg_, s.nq);
     if (double(cfg_.rounds) * L.padded >= double(std::numeric_limits<int32_t>::max()))
       throw UsageError("lsh: rounds x padded length must stay below 2^31 slots");
+    if (cfg_.strict && !s.causal)
+      throw UsageError("lsh: causal_mode=strict is a causal mask; use it with --causal");
+    if (cfg_.strict && cfg_.dedup)
+      throw UsageError(
+          "lsh: causal_mode=strict visits each key at most once per round and "
+          "does not combine with dedup=true");
   }
 
   void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -271,6 +287,10 @@ class Lsh final : public Attention {
     // Executed = model pairs (docs/ALGORITHMS.md §FLOPs): r·n·c·(1+before+after) when c divides n;
     // with a short last chunk, the real rows of every window.
     const int64_t M = cfg_.rounds * L.chunks;
+    if (cfg_.strict)  // at most c keys per query and round (fewer in small buckets)
+      return (4.0 * D * r * n * double(L.chunk) +
+              2.0 * r * n * D * L.width * (cfg_.shared_qk ? 1 : 2)) *
+             s.heads_total();
     auto rows = [&](int64_t g) { return std::min(L.chunk, s.nq - (g % L.chunks) * L.chunk); };
     double pairs = 0;
     for (int64_t g = 0; g < M; ++g)
@@ -287,7 +307,8 @@ class Lsh final : public Attention {
     const double sides = cfg_.shared_qk ? 1 : 2;
     // perm + inv per side and round (kept for visited_keys), bucket ids, running lse, norms.
     double bytes = 4.0 * BH * r * sides * (L.padded + 2 * n) + 4.0 * BH * n * 2;
-    bytes += 2 * 4.0 * s.heads * r * s.dim * L.width;  // rotations, and joined for the GEMM
+    if (cfg_.strict) bytes += 4.0 * BH * r * sides * n;  // bucket ids kept with the orders
+    bytes += 2 * 4.0 * s.heads * r * s.dim * L.width;    // rotations, and joined for the GEMM
     const double c = double(L.chunk), span = 1.0 + cfg_.before + cfg_.after;
     double per_thread = 4.0 * (L.buckets + 512.0 * r * L.width);  // counting sort, projections
     // Cached key chunks (k, v, raw q when shared, positions, per-round chunks), the query
@@ -334,6 +355,7 @@ class Lsh final : public Attention {
   // perm[(bh·r + round)·padded + slot] = position (−1 = pad), inv[(bh·r + round)·n + pos] = slot.
   struct Order {
     std::vector<int32_t> perm, inv;
+    std::vector<int32_t> bucket;  // strict mode: bucket[(bh·r + round)·n + pos]
   };
 
   const Rotations& rotations_for(const Shape& s, const Layout& L);
@@ -342,6 +364,31 @@ class Lsh final : public Attention {
   void attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
                      const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
                      const Order& ko, Tensor& out, Profile& prof) const;
+  void attend_strict(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
+                     const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
+                     const Order& ko, Tensor& out) const;
+
+  // Strict mode: the key slots [lo, hi) of round `round` in the key order that query i of head
+  // bh sees: its bucket's positions <= i, the last c of them.
+  void strict_window(const Layout& L, int64_t n, const Order& qo, const Order& ko, int64_t bh,
+                     int64_t round, int64_t i, int64_t& lo, int64_t& hi) const {
+    const int64_t t = bh * cfg_.rounds + round;
+    const int32_t* perm = ko.perm.data() + t * L.padded;
+    const int32_t* kb = ko.bucket.data() + t * n;
+    const int32_t bq = qo.bucket[size_t(t * n + i)];
+    // Slots [0, n) are sorted by (bucket, position): the first slot after (bq, i).
+    int64_t a = 0, b = n;
+    while (a < b) {
+      const int64_t m = (a + b) / 2;
+      const int32_t p = perm[m];
+      if (kb[p] < bq || (kb[p] == bq && p <= i))
+        a = m + 1;
+      else
+        b = m;
+    }
+    hi = a, lo = std::max<int64_t>(0, hi - L.chunk);
+    while (lo < hi && kb[perm[lo]] != bq) ++lo;
+  }
 
   // Global chunk g of a head's concatenation -> its real slots' positions (pads dropped).
   int64_t chunk_positions(const Layout& L, int64_t n, const int32_t* perm_head, int64_t g,
@@ -432,6 +479,7 @@ void Lsh::hash_and_sort(const Shape& s, const Layout& L, const Rotations& rot, c
     }
   }
   prof.sorting.add(t0);
+  if (cfg_.strict) order.bucket = std::move(buckets);
 }
 
 void Lsh::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
@@ -463,7 +511,10 @@ void Lsh::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor
   const Order& keys = cfg_.shared_qk ? qo : ko;
 
   const Stamp t0 = stamp();
-  attend_rounds(s, L, q, k, v, inv_norm, qo, keys, out, prof);
+  if (cfg_.strict)
+    attend_strict(s, L, q, k, v, inv_norm, qo, keys, out);
+  else
+    attend_rounds(s, L, q, k, v, inv_norm, qo, keys, out, prof);
   prof.attention.add(t0);
 
   last_ = s, last_layout_ = L;
@@ -717,6 +768,65 @@ void Lsh::attend_rounds(const Shape& s, const Layout& L, const Tensor& q, const 
     prof.gather += parts[th], prof.kernel += parts[th + 1], prof.combine += parts[th + 2];
 }
 
+// Strict mode, one query row at a time (each row's arithmetic is the same for any thread
+// count): per round a softmax over the row's window, then the streamed log-sum-exp mixture of
+// attend_rounds, in round order.
+void Lsh::attend_strict(const Shape& s, const Layout& L, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const std::vector<float>& inv_norm, const Order& qo,
+                        const Order& ko, Tensor& out) const {
+  const int64_t n = s.nq, D = s.dim, R = cfg_.rounds;
+  const float scale = s.softmax_scale();
+  const bool shared = cfg_.shared_qk;
+#pragma omp parallel
+  {
+    std::vector<float> logit(static_cast<size_t>(L.chunk)), acc(static_cast<size_t>(D));
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t t = 0; t < s.heads_total() * n; ++t) {
+      const int64_t bh = t / n, i = t % n, b = bh / s.heads, h = bh % s.heads;
+      const float* qi = q.head(b, h) + i * D;
+      const float* keys = shared ? q.head(b, h) : k.head(b, h);
+      const float* norms = shared ? inv_norm.data() + bh * n : nullptr;
+      const float* vh = v.head(b, h);
+      float* dst = out.head(b, h) + i * D;
+      float run = kHidden;  // log-sum-exp of the rounds so far
+      for (int64_t round = 0; round < R; ++round) {
+        int64_t lo = 0, hi = 0;
+        strict_window(L, n, qo, ko, bh, round, i, lo, hi);
+        const int32_t* perm = ko.perm.data() + (bh * R + round) * L.padded;
+        float m = kHidden;
+        for (int64_t x = lo; x < hi; ++x) {
+          const int64_t j = perm[x];
+          float dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += qi[d] * keys[j * D + d];
+          float l = scale * (shared ? dot * norms[j] : dot);
+          if (shared && j == i) l += kSelfPenalty;
+          logit[size_t(x - lo)] = l, m = std::max(m, l);
+        }
+        if (hi == lo) continue;  // separate QK: no earlier key in this bucket
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float sum = 0;
+        for (int64_t x = lo; x < hi; ++x) {
+          const float w = std::exp(logit[size_t(x - lo)] - m);
+          const float* vj = vh + perm[x] * D;
+          for (int64_t d = 0; d < D; ++d) acc[size_t(d)] += w * vj[d];
+          sum += w;
+        }
+        const float l = m + std::log(sum), inv = 1.0f / sum;
+        if (run == kHidden) {
+          for (int64_t d = 0; d < D; ++d) dst[d] = acc[size_t(d)] * inv;
+          run = l;
+        } else {
+          const float mm = std::max(run, l), wa = std::exp(run - mm), wl = std::exp(l - mm);
+          const float norm = 1.0f / (wa + wl);
+          for (int64_t d = 0; d < D; ++d) dst[d] = (wa * dst[d] + wl * acc[size_t(d)] * inv) * norm;
+          run = mm + std::log(wa + wl);
+        }
+      }
+      if (run == kHidden) std::fill(dst, dst + D, 0.0f);  // sees no key in any round
+    }
+  }
+}
+
 bool Lsh::visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i, VisitedKeys& out) const {
   if (q_order_.perm.empty() || s.nq != last_.nq || s.heads != last_.heads || s.batch != last_.batch)
     return false;
@@ -727,6 +837,15 @@ bool Lsh::visited_keys(const Shape& s, int64_t b, int64_t h, int64_t i, VisitedK
   const int32_t* kperm = ko.perm.data() + bh * R * L.padded;
   std::vector<int32_t> pos(size_t(L.chunk));
   out.assign(size_t(R), {});
+  if (cfg_.strict) {
+    for (int64_t round = 0; round < R; ++round) {
+      int64_t lo = 0, hi = 0;
+      strict_window(L, n, q_order_, ko, bh, round, i, lo, hi);
+      const int32_t* perm = kperm + round * L.padded;
+      out[size_t(round)].assign(perm + lo, perm + hi);
+    }
+    return true;
+  }
   for (int64_t round = 0; round < R; ++round) {
     const int64_t slot = q_order_.inv[size_t((bh * R + round) * n + i)];
     const int64_t g = (round * L.padded + slot) / L.chunk;
@@ -784,7 +903,12 @@ VariantInfo lsh_variant() {
       "(columns of factor k follow those of factor k-1), shared by the batch. Cost per head: "
       "4·D·r·n·c·(1+before+after) attention (the real rows of every window when c does not "
       "divide n) + 2·r·n·D·Σb_k/2 hashing FLOPs (both counted), O(r·n) "
-      "counting sort; extra memory O(r·n) indices + per-thread chunk buffers.",
+      "counting sort; extra memory O(r·n) indices + per-thread chunk buffers. Causality: with "
+      "causal_mode=reformer (the default, Reformer's own) --causal only hides keys j > i, but "
+      "future positions' hashes change the sort and so which past keys share a chunk: changing "
+      "the last rows changes earlier output rows. causal_mode=strict is strictly causal (row i "
+      "depends on rows <= i only): per round the at most c most recent same-bucket keys j <= i, "
+      "scalar code, cost <= 4·D·r·n·c.",
       {{"buckets", K::Text, "auto",
         "buckets per round: auto = 2·floor(n/2c) (lucidrains' n/c rule), hf = largest power of "
         "two <= 2·floor(n/c) (Hugging Face's rule), an even integer, or explicit even factors "
@@ -805,7 +929,17 @@ VariantInfo lsh_variant() {
        {"shared_qk", K::Bool, "true", "keys = unit-normalized queries, with the self-mask"},
        {"dedup", K::Bool, "false",
         "lower each logit by log(number of times the pair meets over all rounds)"},
-       {"seed", K::Int, "0", "seed of the random rotations", 0, 9e15}},
+       {"seed", K::Int, "0", "seed of the random rotations", 0, 9e15},
+       {"causal_mode",
+        K::Choice,
+        "reformer",
+        "with --causal: reformer = Reformer's mask j <= i inside the sorted chunks (future rows "
+        "change the sort, so they can change which past keys a query sees); strict = per round, "
+        "the at most c most recent keys j <= i in the query's bucket (before/after unused), so "
+        "row i depends on rows <= i only",
+        -1e300,
+        1e300,
+        {"reformer", "strict"}}},
       [](const Params& p) {
         Config c;
         c.buckets = p.get("buckets");
@@ -817,6 +951,7 @@ VariantInfo lsh_variant() {
         c.shared_qk = p.get_bool("shared_qk");
         c.dedup = p.get_bool("dedup");
         c.seed = uint64_t(p.get_int("seed"));
+        c.strict = p.get("causal_mode") == "strict";
         return std::make_unique<Lsh>(std::move(c));
       }};
 }

@@ -273,7 +273,8 @@ class Performer final : public Attention {
   // plus W itself.
   double extra_bytes(const Shape& s) const override {
     const double M = width(s.dim), D = s.dim;
-    const double blocks = double((s.nk + kBlockRows - 1) / kBlockRows);
+    const double blocks =
+        double(checked_add(s.nk, kBlockRows - 1, "performer key blocks") / kBlockRows);
     const double per_head = s.nk * M + blocks * (M * D + M + 1);
     const double per_thread = double(scratch_floats(s));
     const double T = omp_get_max_threads();

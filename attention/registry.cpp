@@ -1,5 +1,6 @@
 #include "attention/registry.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -45,6 +46,20 @@ std::string trim(const std::string& s) {
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
+// The one parser of Int and Float values: check_value accepts exactly what get_int and
+// get_float read back (std::stod used to throw a bare "stod" on a denormal like 1e-320).
+bool parse_int(const std::string& text, long long& out) {
+  char* end = nullptr;
+  errno = 0;
+  out = std::strtoll(text.c_str(), &end, 10);
+  return !text.empty() && *end == '\0' && errno == 0;
+}
+bool parse_float(const std::string& text, double& out) {
+  char* end = nullptr;
+  out = std::strtod(text.c_str(), &end);  // ERANGE on denormals is fine: the value is finite
+  return !text.empty() && *end == '\0' && std::isfinite(out);
+}
+
 bool parse_bool(const std::string& v, bool& out) {
   if (v == "true" || v == "1" || v == "yes" || v == "on") return out = true, true;
   if (v == "false" || v == "0" || v == "no" || v == "off") return out = false, true;
@@ -67,17 +82,14 @@ std::string check_value(const VariantInfo& info, const ParamSpec& p, const std::
   };
   switch (p.kind) {
     case ParamSpec::Kind::Int: {
-      char* end = nullptr;
-      errno = 0;
-      long long v = std::strtoll(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || errno) fail("is not an integer");
+      long long v = 0;
+      if (!parse_int(value, v)) fail("is not an integer");
       if (v < p.min || v > p.max) fail("is out of range");
       return std::to_string(v);
     }
     case ParamSpec::Kind::Float: {
-      char* end = nullptr;
-      double v = std::strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0' || !std::isfinite(v)) fail("is not a finite number");
+      double v = 0;
+      if (!parse_float(value, v)) fail("is not a finite number");
       if (v < p.min || v > p.max) fail("is out of range");
       return value;
     }
@@ -134,10 +146,16 @@ const std::string& Params::get(const std::string& key) const {
   return it->second;
 }
 int64_t Params::get_int(const std::string& key) const {
-  return std::stoll(get(key));
+  long long v = 0;
+  if (!parse_int(get(key), v))
+    throw UsageError("parameter " + key + "=" + get(key) + " is not an integer");
+  return v;
 }
 double Params::get_float(const std::string& key) const {
-  return std::stod(get(key));
+  double v = 0;
+  if (!parse_float(get(key), v))
+    throw UsageError("parameter " + key + "=" + get(key) + " is not a finite number");
+  return v;
 }
 bool Params::get_bool(const std::string& key) const {
   return get(key) == "true";

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -9,6 +10,28 @@
 #include <sstream>
 
 namespace attn {
+
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw UsageError(std::string(what) + " = " + std::to_string(a) + "*" + std::to_string(b) +
+                     " overflows a 64-bit size; use smaller dimensions");
+  return r;
+}
+
+int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r))
+    throw UsageError(std::string(what) + " = " + std::to_string(a) + "+" + std::to_string(b) +
+                     " overflows a 64-bit size; use smaller dimensions");
+  return r;
+}
+
+int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what) {
+  int64_t r = 1;
+  for (int64_t v : sizes) r = checked_mul(r, v, what);
+  return r;
+}
 
 float Shape::softmax_scale() const {
   return scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim));
@@ -33,6 +56,13 @@ void Shape::check() const {
     throw UsageError("causal attention needs equal query and key lengths, got Nq=" +
                      std::to_string(nq) + " Nk=" + std::to_string(nk));
   if (!std::isfinite(scale)) throw UsageError("scale must be finite");
+  // 4 tensors of fp32 (q, k, v, out) is what every variant allocates at least.
+  try {
+    checked_product({batch, heads, std::max(nq, nk), dim, 4 * int64_t(sizeof(float))}, "");
+  } catch (const UsageError&) {
+    throw UsageError("shape " + str() +
+                     " is impossible: the bytes of q, k, v and out overflow a 64-bit size");
+  }
 }
 
 std::string Shape::str() const {
@@ -75,9 +105,10 @@ Tensor::Tensor(int64_t batch, int64_t heads, int64_t seq, int64_t dim)
     : b_(batch), h_(heads), n_(seq), d_(dim) {
   if (batch <= 0 || heads <= 0 || seq <= 0 || dim <= 0)
     throw UsageError("tensor dimensions must be positive");
-  const size_t bytes = this->bytes();
+  const int64_t count = checked_product({batch, heads, seq, dim}, "tensor elements");
+  const size_t bytes = size_t(checked_mul(count, int64_t(sizeof(float)), "tensor bytes"));
   const size_t align = bytes >= kHugePage ? kHugePage : 64;
-  data_ = std::unique_ptr<float[], Free>(allocate_floats(size_t(size()), align), Free{align});
+  data_ = std::unique_ptr<float[], Free>(allocate_floats(size_t(count), align), Free{align});
   if (align == kHugePage) ::madvise(data_.get(), bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
 }
 

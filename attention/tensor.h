@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -19,6 +20,13 @@ struct RuntimeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Size arithmetic on user-given dimensions: a result that does not fit int64 is an impossible
+// shape (UsageError naming `what`), never a wrapped value that would pass a memory check.
+int64_t checked_mul(int64_t a, int64_t b, const char* what);
+int64_t checked_add(int64_t a, int64_t b, const char* what);
+// a·b·c·... for non-negative sizes, checked.
+int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what);
+
 // The attention problem: [B, H, Nq, D] queries against [B, H, Nk, D] keys and values.
 struct Shape {
   int64_t batch = 1;
@@ -30,11 +38,12 @@ struct Shape {
   float scale = 0.0f;  // 0 means the usual 1/sqrt(dim)
 
   float softmax_scale() const;
-  int64_t heads_total() const { return batch * heads; }
+  int64_t heads_total() const { return checked_mul(batch, heads, "batch*heads"); }
   // Model FLOPs of exact dense attention: 4·D per visible (query, key) pair, n(n+1)/2 pairs
   // per head when causal (docs/ALGORITHMS.md §FLOPs).
   double dense_flops() const;
-  // Throws UsageError unless every size is positive (and causal problems are square).
+  // Throws UsageError unless every size is positive, causal problems are square, and the bytes
+  // of q, k, v and out fit in int64 (so sizes and estimates derived from them cannot wrap).
   void check() const;
   std::string str() const;
 };
@@ -49,7 +58,7 @@ class Tensor {
   int64_t heads() const { return h_; }
   int64_t seq() const { return n_; }
   int64_t dim() const { return d_; }
-  int64_t size() const { return b_ * h_ * n_ * d_; }
+  int64_t size() const { return b_ * h_ * n_ * d_; }  // checked by the constructor
   size_t bytes() const { return static_cast<size_t>(size()) * sizeof(float); }
 
   float* data() { return data_.get(); }

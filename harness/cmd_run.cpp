@@ -15,6 +15,7 @@ int cmd_run(const Args& args) {
   SweepConfig cfg;
   std::string seqs, dist = "gaussian", out;
   uint64_t seed = 0;
+  bool overwrite = false;
   bool causal = false;
   cfg.reps = 5;
   po::options_description opts("attnbench run");
@@ -32,7 +33,8 @@ int cmd_run(const Args& args) {
       "reps", po::value(&cfg.reps)->default_value(5),
       "Google Benchmark repetitions (median and spread reported)")(
       "min-time", po::value(&cfg.min_time)->default_value(0.05), "minimum seconds per repetition")(
-      "out", po::value(&out), "also write results.csv/json into this directory");
+      "out", po::value(&out), "also write results.csv/json into this directory")(
+      "overwrite", po::bool_switch(&overwrite), "replace results already in --out");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) return std::cout << opts << "\n", 0;
@@ -56,6 +58,7 @@ int cmd_run(const Args& args) {
 
   SweepOptions opt;
   opt.out_dir = out;
+  opt.overwrite = overwrite;
   opt.command = "attnbench run";
   for (const auto& a : args) opt.command += " " + a;
   opt.on_start = [](const RunContext& c) {

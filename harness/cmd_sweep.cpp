@@ -35,12 +35,14 @@ const char* kConfigKeys =
 int cmd_sweep(const Args& args) {
   namespace po = boost::program_options;
   std::string config, out;
-  bool resume = false, quiet = false;
+  bool resume = false, overwrite = false, quiet = false;
   po::options_description opts("attnbench sweep CONFIG [options]");
   opts.add_options()("help,h", "this help")("config", po::value(&config)->required(),
                                             "sweep definition (INI), e.g. configs/default.ini")(
       "out", po::value(&out), "output directory (default results/<config name>/)")(
       "resume", po::bool_switch(&resume), "keep the cases already in OUT/results.json")(
+      "overwrite", po::bool_switch(&overwrite),
+      "replace results already in OUT (without it or --resume, existing results are refused)")(
       "quiet", po::bool_switch(&quiet), "no progress line and no per-case table");
   po::positional_options_description pos;
   pos.add("config", 1);
@@ -53,6 +55,7 @@ int cmd_sweep(const Args& args) {
   SweepOptions opt;
   opt.out_dir = out.empty() ? "results/" + std::filesystem::path(config).stem().string() : out;
   opt.resume = resume;
+  opt.overwrite = overwrite;
   opt.progress = !quiet && isatty(STDERR_FILENO);
   opt.config_path = config;
   opt.command = "attnbench sweep";

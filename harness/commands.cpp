@@ -37,8 +37,14 @@ std::vector<int64_t> parse_int_list(const std::string& text, const std::string& 
   return out;
 }
 
+void check_threads(int64_t threads, const std::string& what) {
+  if (threads < 0 || threads > kMaxThreads)
+    throw attn::UsageError(what + " must be in [0, " + std::to_string(kMaxThreads) +
+                           "] (0 = all cores), got " + std::to_string(threads));
+}
+
 void set_threads(int threads) {
-  if (threads < 0) throw attn::UsageError("--threads must be >= 1 (or 0 for all cores)");
+  check_threads(threads, "--threads");
   if (threads > 0) omp_set_num_threads(threads);
 }
 

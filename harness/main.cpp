@@ -32,8 +32,8 @@ int main(int argc, char** argv) {
       std::cerr << "attnbench " << name << ": " << e.what() << "\n";
       return 2;
     } catch (const boost::program_options::error& e) {
-      std::cerr << "attnbench " << name << ": " << e.what() << " (see attnbench " << name
-                << " --help)\n";
+      std::cerr << "attnbench " << name << ": " << attnbench::describe_option_error(e)
+                << " (see attnbench " << name << " --help)\n";
       return 2;
     } catch (const std::bad_alloc&) {
       std::cerr << "attnbench " << name << ": out of memory; use a smaller size\n";

@@ -10,11 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <thread>
 
 #include "attention/npy.h"
 #include "attention/tensor.h"
+#include "harness/cli.h"
 #include "oneapi/dnnl/dnnl.h"
 
 namespace attnbench {
@@ -143,23 +145,52 @@ json to_json(const Row& r) {
   return j;
 }
 
+namespace {
+
+// nlohmann converts silently between number kinds (-1 to 2^64-1 as a seed, 1e11 threads
+// truncated to an int): counts are read only when they are integers in range.
+int64_t get_count(const json& j, const char* key, int64_t lo, int64_t hi) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) ||
+      v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+    throw attn::RuntimeError(std::string(key) + " must be an integer in [" + std::to_string(lo) +
+                             ", " + std::to_string(hi) + "], got " + v.dump().substr(0, 40));
+  return v.get<int64_t>();
+}
+
+std::string get_text(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_string())
+    throw attn::RuntimeError(std::string(key) + " must be a string, got " + v.dump().substr(0, 40));
+  return v.get<std::string>();
+}
+
+}  // namespace
+
 Row row_from_json(const json& j) {
   try {
     Row r;
-    r.key = j.at("key").get<std::string>();
-    r.variant = j.at("variant").get<std::string>();
-    r.spec = j.at("spec").get<std::string>();
-    r.batch = j.at("batch").get<int64_t>();
-    r.heads = j.at("heads").get<int64_t>();
-    r.n = j.at("n").get<int64_t>();
-    r.dim = j.at("dim").get<int64_t>();
-    r.causal = j.at("causal").get<bool>();
-    r.dist = j.at("dist").get<std::string>();
-    r.seed = j.at("seed").get<uint64_t>();
-    r.posenc = j.at("posenc").get<std::string>();
-    r.threads = j.at("threads").get<int>();
-    r.reps = j.at("reps").get<int>();
-    r.status = j.at("status").get<std::string>();
+    r.key = get_text(j, "key");
+    r.variant = get_text(j, "variant");
+    r.spec = get_text(j, "spec");
+    const int64_t big = std::numeric_limits<int64_t>::max();
+    r.batch = get_count(j, "batch", 1, big);
+    r.heads = get_count(j, "heads", 1, big);
+    r.n = get_count(j, "n", 1, big);
+    r.dim = get_count(j, "dim", 1, big);
+    if (!j.at("causal").is_boolean())
+      throw attn::RuntimeError("causal must be true or false, got " +
+                               j["causal"].dump().substr(0, 40));
+    r.causal = j["causal"].get<bool>();
+    r.dist = get_text(j, "dist");
+    if (!j.at("seed").is_number_unsigned())
+      throw attn::RuntimeError("seed must be a non-negative integer, got " +
+                               j["seed"].dump().substr(0, 40));
+    r.seed = j["seed"].get<uint64_t>();
+    r.posenc = get_text(j, "posenc");
+    r.threads = int(get_count(j, "threads", 0, kMaxThreads));
+    r.reps = int(get_count(j, "reps", 1, std::numeric_limits<int>::max()));
+    r.status = get_text(j, "status");
     if (!r.ok()) return r;
     r.time_ms_median = get_number(j, "time_ms_median");
     r.time_ms_min = get_number(j, "time_ms_min");
@@ -268,22 +299,44 @@ void write_results(const std::string& dir, const RunContext& ctx, const std::vec
   attn::write_file_atomic(dir + "/results.json", j.dump(1) + "\n");
 }
 
-std::vector<Row> load_rows(const std::string& dir) {
-  const std::string path = dir + "/results.json";
-  std::ifstream f(path);
-  if (!f) return {};
+std::vector<Row> parse_rows(const std::string& text, const std::string& path) {
+  const std::string fix = "; move it away, or run with --overwrite to replace it";
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const json::exception& e) {
-    throw attn::RuntimeError(path + " is not valid JSON (" + e.what() +
-                             "); move it away or run without --resume");
+    throw attn::UsageError(path + " is not valid JSON (" + e.what() + ")" + fix);
   }
+  if (!j.is_object() || !j.contains("rows") || !j["rows"].is_array())
+    throw attn::UsageError(path + " has no \"rows\" array" + fix);
   std::vector<Row> rows;
-  if (!j.contains("rows") || !j["rows"].is_array())
-    throw attn::RuntimeError(path + " has no \"rows\" array");
-  for (const json& r : j["rows"]) rows.push_back(row_from_json(r));
+  std::set<std::string> keys;
+  const json& all = j["rows"];
+  for (size_t i = 0; i < all.size(); ++i) {
+    try {
+      rows.push_back(row_from_json(all[i]));
+    } catch (const std::exception& e) {
+      throw attn::UsageError(path + ": row " + std::to_string(i) + ": " + e.what() + fix);
+    }
+    if (!keys.insert(rows.back().key).second)
+      throw attn::UsageError(path + ": row " + std::to_string(i) + " repeats the key " +
+                             rows.back().key + fix);
+  }
   return rows;
+}
+
+std::vector<Row> load_rows(const std::string& dir) {
+  const std::string path = dir + "/results.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return {};
+  if (std::filesystem::is_directory(path, ec))
+    throw attn::UsageError(path + " is a directory, not a results file; move it away");
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw attn::RuntimeError(path + ": cannot read");
+  std::ostringstream text;
+  text << f.rdbuf();
+  if (!f && !f.eof()) throw attn::RuntimeError(path + ": read failed");
+  return parse_rows(text.str(), path);
 }
 
 void print_row_header() {

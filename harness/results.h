@@ -76,8 +76,12 @@ std::string csv_line(const Row& r);
 // creates DIR.
 void write_results(const std::string& dir, const RunContext& ctx, const std::vector<Row>& rows,
                    const std::vector<Scaling>& scaling);
-// Rows of an existing DIR/results.json (empty when there is none); RuntimeError if unreadable.
+// Rows of an existing DIR/results.json (empty when there is none) for --resume: UsageError
+// naming the file (and the row) when it is a directory, not JSON, or a row is malformed or
+// repeats a key; RuntimeError if it cannot be read.
 std::vector<Row> load_rows(const std::string& dir);
+// The same on the text of a results.json named `path` in messages.
+std::vector<Row> parse_rows(const std::string& text, const std::string& path);
 
 // The console table of `attnbench run` and `attnbench sweep` (stdout).
 void print_row_header();

@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -21,6 +23,7 @@
 #include "harness/bench.h"
 #include "harness/cli.h"
 #include "harness/inputs.h"
+#include "harness/outdir.h"
 #include "harness/posenc_hook.h"
 #include "harness/scaling.h"
 
@@ -47,8 +50,9 @@ std::vector<int64_t> int_list(const std::string& text, const std::string& what) 
   std::vector<int64_t> out;
   for (std::string item; in >> item;) {
     char* end = nullptr;
+    errno = 0;
     const long long v = std::strtoll(item.c_str(), &end, 10);
-    if (*end != '\0' || v <= 0)
+    if (*end != '\0' || v <= 0 || errno == ERANGE)
       throw attn::UsageError(what + ": '" + item + "' is not a positive integer");
     out.push_back(v);
   }
@@ -60,7 +64,55 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw attn::UsageError(msg);
 }
 
+// A config is a few lines of key = value; anything bigger is not one (/dev/zero used to grow
+// past 8 GB, a 105 MB file of variant lines to 12 GB).
+constexpr size_t kMaxConfigBytes = size_t(1) << 20;
+constexpr int64_t kMaxCases = 100000;
+
+std::string read_bounded(std::istream& in) {
+  std::string text;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    text.append(buf, size_t(in.gcount()));
+    require(text.size() <= kMaxConfigBytes,
+            "larger than 1 MiB; a sweep config is a few lines of key = value");
+  }
+  require(text.find('\0') == std::string::npos, "holds NUL bytes; not a text config");
+  return text;
+}
+
+template <class T>
+void require_unique(const std::vector<T>& items, const std::string& key) {
+  std::set<T> seen;
+  for (const T& v : items) {
+    std::ostringstream s;
+    s << v;
+    require(seen.insert(v).second, "'" + key + " = " + s.str() +
+                                       "' is listed twice (each would give rows with the same "
+                                       "key); list it once");
+  }
+}
+
 }  // namespace
+
+int64_t case_count(const SweepConfig& cfg) {
+  std::set<int64_t> ns(cfg.seqs.begin(), cfg.seqs.end());
+  const int64_t n = attn::checked_product(
+      {int64_t(cfg.dists.size()), int64_t(cfg.causal.size()), int64_t(cfg.variants.size()),
+       int64_t(ns.size()), int64_t(cfg.seeds.size())},
+      "number of cases");
+  require(n <= kMaxCases, "the sweep expands to " + std::to_string(n) +
+                              " cases (dist x causal x variant x seq x seed); at most " +
+                              std::to_string(kMaxCases) + " are allowed, split it up");
+  return n;
+}
+
+void check_cases(const SweepConfig& cfg) {
+  require_unique(cfg.variants, "variant");
+  require_unique(cfg.dists, "dist");
+  require_unique(cfg.seeds, "seed");
+  case_count(cfg);
+}
 
 SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
   SweepConfig c;
@@ -84,7 +136,8 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
   const std::string where = "config " + name + ": ";
   po::variables_map vm;
   try {
-    po::store(po::parse_config_file(in, keys, false), vm);
+    std::istringstream text(read_bounded(in));
+    po::store(po::parse_config_file(text, keys, false), vm);
     po::notify(vm);
   } catch (const po::unknown_option& e) {
     std::string valid;
@@ -92,6 +145,8 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
     throw attn::UsageError(where + "unknown key '" + e.get_option_name() +
                            "'; valid keys: " + valid);
   } catch (const po::error& e) {
+    throw attn::UsageError(where + describe_option_error(e));
+  } catch (const attn::UsageError& e) {
     throw attn::UsageError(where + e.what());
   }
   try {
@@ -129,7 +184,7 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
     }
     c.posenc = trim(c.posenc);
     require(c.dim > 0 && c.heads > 0 && c.batch > 0, "dim, heads and batch must be >= 1");
-    require(c.threads >= 0, "threads must be >= 0 (0 = all cores)");
+    check_threads(c.threads, "threads");
     require(c.reps >= 1, "reps must be >= 1");
     require(c.min_time > 0 && std::isfinite(c.min_time), "min_time must be > 0 seconds");
     require(c.max_seconds >= 0 && std::isfinite(c.max_seconds),
@@ -138,6 +193,7 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
             "max_memory_gib must be >= 0 (0 = available memory)");
     require(c.ref_sample >= 1 && c.ref_all_rows_max >= 0,
             "ref_sample must be >= 1 and ref_all_rows_max >= 0");
+    check_cases(c);
   } catch (const attn::UsageError& e) {
     throw attn::UsageError(where + e.what());
   }
@@ -145,6 +201,9 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
 }
 
 SweepConfig load_sweep_config(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw attn::UsageError("config '" + path + "' is a directory, not an INI file");
   std::ifstream f(path);
   if (!f) throw attn::UsageError("cannot read config '" + path + "'");
   return parse_sweep_config(f, path);
@@ -160,6 +219,11 @@ void validate_config(const SweepConfig& cfg) {
   // npy:DIR inputs have the files' own shape, so only their presence is checked here.
   attn::Shape s{1, 1, 0, 0, cfg.dim, causal};
   s.nq = s.nk = *std::min_element(cfg.seqs.begin(), cfg.seqs.end());
+  // Memory first: when even these inputs would not fit, every case is skipped by the sweep's
+  // own estimate, and the names are checked on a shape that fits (seq = 200000000 used to
+  // fail the whole sweep here with "out of memory").
+  if (3.0 * double(s.nq) * double(s.dim) * sizeof(float) > 0.25 * attn::available_memory_bytes())
+    s.nq = s.nk = std::min<int64_t>(s.nq, 64), s.dim = std::min<int64_t>(s.dim, 64);
   for (const auto& d : cfg.dists) {
     if (d.rfind("npy:", 0) == 0) {
       for (const char* f : {"/q.npy", "/k.npy", "/v.npy"})
@@ -207,6 +271,7 @@ std::vector<Case> expand_cases(const SweepConfig& cfg) {
   std::vector<int64_t> ns = cfg.seqs;
   std::sort(ns.begin(), ns.end());
   ns.erase(std::unique(ns.begin(), ns.end()), ns.end());
+  check_cases(cfg);
   std::vector<Case> out;
   for (const auto& dist : cfg.dists)
     for (bool causal : cfg.causal)
@@ -348,6 +413,12 @@ class Sweep {
       throw attn::UsageError("config " + opt_.config_path + ": " + e.what());
     }
     cases_ = expand_cases(cfg_);
+    // Taken before anything is measured: a second writer or an unwritable --out fails now.
+    std::unique_ptr<OutputDirLock> lock;
+    if (!opt_.out_dir.empty()) {
+      lock = std::make_unique<OutputDirLock>(opt_.out_dir);
+      check_may_write_results(opt_.out_dir, opt_.resume, opt_.overwrite);
+    }
     if (opt_.resume && !opt_.out_dir.empty())
       for (Row& r : load_rows(opt_.out_dir)) done_.emplace(r.key, std::move(r));
     ctx_ = current_context(omp_get_max_threads());

@@ -34,6 +34,10 @@ struct SweepConfig {
 // empty lists, repeated single keys or out-of-range values. Specs are checked by validate_config.
 SweepConfig parse_sweep_config(std::istream& in, const std::string& name);
 SweepConfig load_sweep_config(const std::string& path);  // UsageError if unreadable
+// Cases the config expands to; UsageError when more than 100000 (a config can ask for
+// millions in a few lines). check_cases also refuses a variant, dist or seed listed twice.
+int64_t case_count(const SweepConfig& cfg);
+void check_cases(const SweepConfig& cfg);
 // Checks every variant spec (and shape), distribution and positional encoding up front.
 void validate_config(const SweepConfig& cfg);
 
@@ -53,7 +57,8 @@ std::vector<Case> expand_cases(const SweepConfig& cfg);
 struct SweepOptions {
   std::string out_dir;  // "" = write no files
   bool resume = false;
-  bool progress = false;  // progress line on stderr
+  bool overwrite = false;  // replace results already in out_dir (else: UsageError unless resume)
+  bool progress = false;   // progress line on stderr
   std::string config_path, command;
   std::function<void(const RunContext&)> on_start;  // after the sgemm ceiling is measured
   std::function<void(const Row&)> on_row;           // called as each row is final

@@ -2,7 +2,7 @@
 # Measures the regression gate's false-alarm rate and power under load (results/BENCHMARKS.md,
 # "Regression gate under load"): RUNS times, sweep configs/quick.ini and compare it with
 # results/baseline-quick.json exactly as CTest does, while one busy loop per core competes for
-# the CPU. With SLOWDOWN=VARIANT=FACTOR, that variant's timed forward() calls do FACTOR times
+# the CPU (LOOPS=K for K loops instead). With SLOWDOWN=VARIANT=FACTOR, that variant's timed forward() calls do FACTOR times
 # the work (ATTNBENCH_TEST_SLOWDOWN), and the script counts the runs in which the gate flags it.
 #
 #   tests/bench/gate_under_load.sh build/release 20              # false alarms
@@ -15,7 +15,7 @@ work=$(mktemp -d /tmp/gate-under-load.XXXXXX)
 loops=()
 cleanup() { for p in "${loops[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-for _ in $(seq "$(nproc)"); do (while :; do :; done) & loops+=($!); done
+for _ in $(seq "${LOOPS:-$(nproc)}"); do (while :; do :; done) & loops+=($!); done
 
 alarm_runs=0 caught_runs=0
 for i in $(seq "$runs"); do
@@ -37,5 +37,5 @@ for i in $(seq "$runs"); do
   [[ -n $slowed && $caught -gt 0 ]] && caught_runs=$((caught_runs + 1))
   echo "run $i: false-alarm cases $false_cases, other failures $other, max time x of the others $max_other${slowed:+; $slowed cases flagged $caught/$total, their min time x $min_slowed}"
 done
-echo "load: $(nproc) busy loops; $(uptime)"
+echo "load: ${LOOPS:-$(nproc)} busy loops; $(uptime)"
 echo "runs $runs: runs with a false alarm $alarm_runs${slowed:+, runs in which the $slowdown slowdown was flagged $caught_runs}"
