@@ -8,7 +8,7 @@ set -eu
 src=$1
 secs=${2:-30}
 shift 2 2>/dev/null || shift $#
-targets=${*:-npy config spec results}
+targets=${*:-npy config spec results layout}
 cd "$src"
 log=$(mktemp -d "${TMPDIR:-/tmp}/attn_fuzz.XXXXXX")
 trap 'rm -rf "$log"' EXIT
@@ -16,6 +16,7 @@ if [ ! -f build/fuzz/CMakeCache.txt ]; then
   cmake --preset fuzz >"$log/configure.log" 2>&1 || { cat "$log/configure.log"; exit 1; }
 fi
 build_start=$(date +%s)
+set --
 for t in $targets; do set -- "$@" "fuzz_$t"; done
 cmake --build --preset fuzz -j2 --target "$@" >"$log/build.log" 2>&1 ||
   { tail -40 "$log/build.log"; exit 1; }
@@ -28,7 +29,7 @@ for t in $targets; do
   cp tests/fuzz/corpus/"$t"/* "$log/$t/"
   seeds=$(ls "$log/$t" | wc -l)
   if build/fuzz/tests/fuzz/fuzz_"$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-      -malloc_limit_mb=512 -max_len=4096 -print_final_stats=1 \
+      -malloc_limit_mb=512 -max_len=4096 -print_final_stats=1 -seed="${ATTN_FUZZ_SEED:-1}" \
       -artifact_prefix="$log/$t-" "$log/$t" >"$log/$t.log" 2>&1; then
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log/$t.log")
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log/$t.log")
