@@ -309,15 +309,6 @@ TEST(BigBird, RandomBlocksRoundTripThroughNpy) {
   }
 }
 
-std::string usage_error(const std::string& spec, const Shape& s) {
-  try {
-    make_attention(spec)->validate(s);
-  } catch (const UsageError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(PlanVariants, BadParametersAreUsageErrors) {
   const Shape s{1, 2, 500, 500, 16, false};
   const std::pair<const char*, const char*> cases[] = {

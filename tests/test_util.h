@@ -50,6 +50,16 @@ inline Tensor run_variant(const std::string& spec, const Shape& s, const attnben
   return out;
 }
 
+// The UsageError message of building `spec` and validating it on `s` ("" if accepted).
+inline std::string usage_error(const std::string& spec, const Shape& s) {
+  try {
+    make_attention(spec)->validate(s);
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 // Runs `f` with the OpenMP thread count set to `threads`, restoring it afterwards.
 template <class F>
 auto with_threads(int threads, F&& f) {

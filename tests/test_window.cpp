@@ -220,15 +220,6 @@ TEST(Window, ListedWithTheirConventions) {
   EXPECT_EQ(make_attention("longformer:global_idx=9;2")->params().at("global_idx"), "2;9");
 }
 
-std::string usage_error(const std::string& spec, const Shape& s) {
-  try {
-    make_attention(spec)->validate(s);
-  } catch (const UsageError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(Window, BadParametersAreUsageErrors) {
   const Shape s{1, 1, 100, 100, 16, false};
   const std::pair<const char*, const char*> cases[] = {
