@@ -190,10 +190,6 @@ TEST(SweepConfig, ShippedConfigsParse) {
   EXPECT_EQ(d.seqs, pow2(512, 16384));
   for (const VariantInfo& v : variants()) {
     if (v.name == "reference") continue;
-    // Plan builders from branch `plan`: the integrator adds them to the default sweep.
-    if (v.name == "bigbird" || v.name == "sink_window" || v.name == "block_sparse" ||
-        v.name == "sparse_transformer")
-      continue;
     EXPECT_TRUE(
         std::any_of(d.variants.begin(), d.variants.end(),
                     [&](const std::string& s) { return s.substr(0, s.find(':')) == v.name; }))
