@@ -50,18 +50,12 @@ inline void add_row(HeadPattern& p, int64_t qb, const Row& row, int64_t b, int64
   }
 }
 
-// k distinct values drawn uniformly from `pool` (partial Fisher-Yates on a counter-based
-// stream: the draw depends only on (seed, stream)), ascending.
+// k distinct values drawn uniformly from `pool`, ascending; the draw depends only on
+// (seed, stream).
 inline std::vector<int64_t> sample(std::vector<int64_t> pool, int64_t k, uint64_t seed,
                                    uint64_t stream) {
-  k = std::min<int64_t>(k, int64_t(pool.size()));
-  for (int64_t a = 0; a < k; ++a) {
-    const uint64_t x = splitmix64(splitmix64(seed ^ (stream * 0x9e3779b97f4a7c15ull)) + a);
-    std::swap(pool[a], pool[a + int64_t(x % uint64_t(pool.size() - a))]);
-  }
-  pool.resize(k);
-  std::sort(pool.begin(), pool.end());
-  return pool;
+  return sample_distinct(std::move(pool), k,
+                         RandomStream(seed, RandomDomain::kBlockLayout, stream));
 }
 
 }  // namespace attn::blocks

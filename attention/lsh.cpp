@@ -39,6 +39,7 @@
 #include "attention/kernels/gemm.h"
 #include "attention/kernels/online_softmax.h"
 #include "attention/npy.h"
+#include "attention/random.h"
 #include "attention/registry.h"
 
 namespace attn {
@@ -138,19 +139,6 @@ Layout make_layout(const Config& cfg, int64_t n) {
   return L;
 }
 
-// Counter-based N(0,1): entry e of (head, round) depends only on (seed, head, round, e).
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-float gaussian(uint64_t stream, uint64_t e) {
-  const double u1 = (double(mix(stream ^ mix(2 * e)) >> 11) + 0.5) * 0x1p-53;
-  const double u2 = (double(mix(stream ^ mix(2 * e + 1)) >> 11) + 0.5) * 0x1p-53;
-  return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-}
-
 // Rotations [heads, rounds, D, width], shared by the batch (as HF).
 struct Rotations {
   int64_t heads = 0, rounds = 0, dim = 0, width = 0;
@@ -167,9 +155,10 @@ Rotations random_rotations(uint64_t seed, int64_t H, int64_t R, int64_t D, int64
   Rotations rot{H, R, D, W, std::vector<float>(size_t(H * R * D * W))};
   for (int64_t h = 0; h < H; ++h)
     for (int64_t r = 0; r < R; ++r) {
-      const uint64_t stream = mix(mix(seed) ^ mix(uint64_t(h) << 32 | uint64_t(r)));
+      // Entry e of (head, round) is normal(e) of its own stream (rounds <= 64 < 2^8).
+      const RandomStream stream(seed, RandomDomain::kLshRotations, uint64_t(h) << 8 | uint64_t(r));
       float* out = rot.data.data() + (h * R + r) * D * W;
-      for (int64_t e = 0; e < D * W; ++e) out[e] = gaussian(stream, uint64_t(e));
+      for (int64_t e = 0; e < D * W; ++e) out[e] = float(stream.normal(uint64_t(e)));
     }
   return rot;
 }

@@ -25,12 +25,12 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <random>
 #include <vector>
 
 #include "attention/kernels/gemm.h"
 #include "attention/kernels/vec_exp.h"
 #include "attention/npy.h"
+#include "attention/random.h"
 #include "attention/registry.h"
 
 namespace attn {
@@ -54,26 +54,6 @@ constexpr int64_t kMaxRun = 256;  // columns combined at once (stack buffer)
 
 // ---------------------------------------------------------------------------------------------
 // Random projection W [m, D] (docs/ALGORITHMS.md §Performer projection), generated in double.
-
-class Gaussian {
- public:
-  explicit Gaussian(uint64_t seed) : rng_(seed) {}
-  // Box-Muller on 53-bit uniforms: the same numbers on every platform (mt19937_64 is fully
-  // specified, std::normal_distribution is not).
-  double operator()() {
-    if (has_spare_) return has_spare_ = false, spare_;
-    const double u1 = (double(rng_() >> 11) + 0.5) * 0x1.0p-53;
-    const double u2 = double(rng_() >> 11) * 0x1.0p-53;
-    const double r = std::sqrt(-2.0 * std::log(u1)), t = 2.0 * M_PI * u2;
-    spare_ = r * std::sin(t), has_spare_ = true;
-    return r * std::cos(t);
-  }
-
- private:
-  std::mt19937_64 rng_;
-  double spare_ = 0;
-  bool has_spare_ = false;
-};
 
 // Q of A = QR (A is d x d, row-major) by Householder reflections, with column k multiplied
 // by sign(R_kk) so that Q is Haar-distributed for Gaussian A (Mezzadri, math-ph/0609050;
@@ -122,7 +102,8 @@ std::vector<double> haar_orthogonal(std::vector<double> a, int64_t d) {
 // marginally N(0, I_d)) or by sqrt(d). iid: N(0, 1) entries.
 std::vector<float> random_projection(int64_t m, int64_t d, bool ortho, bool norm_scaling,
                                      uint64_t seed) {
-  Gaussian g(seed);
+  // One sequential stream: the entries are drawn in the order this function consumes them.
+  NormalSequence g(RandomStream(seed, RandomDomain::kPerformerProjection, 0));
   std::vector<float> w(m * d);
   if (!ortho) {
     for (auto& x : w) x = float(g());

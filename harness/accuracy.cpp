@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <random>
 #include <stdexcept>
+
+#include "attention/random.h"
 
 namespace attnbench {
 
@@ -18,16 +19,11 @@ ReferenceSample compute_reference(const attn::Shape& s, const attn::Tensor& q,
     ref.rows.resize(s.nq);
     std::iota(ref.rows.begin(), ref.rows.end(), 0);
   } else {
-    // Partial Fisher-Yates with a fixed generator: the same rows for the same seed.
+    // The same rows for the same seed on every platform (attention/random.h).
     std::vector<int64_t> all(s.nq);
     std::iota(all.begin(), all.end(), 0);
-    std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 17);
-    for (int64_t i = 0; i < sample; ++i) {
-      std::uniform_int_distribution<int64_t> pick(i, s.nq - 1);
-      std::swap(all[i], all[pick(rng)]);
-    }
-    ref.rows.assign(all.begin(), all.begin() + sample);
-    std::sort(ref.rows.begin(), ref.rows.end());
+    ref.rows = attn::sample_distinct(
+        std::move(all), sample, attn::RandomStream(seed, attn::RandomDomain::kReferenceRows, 0));
   }
   const size_t per_head = ref.rows.size() * s.dim;
   ref.out.resize(per_head * s.heads_total());

@@ -11,25 +11,12 @@
 namespace attnbench {
 namespace {
 
-using attn::splitmix64;
-double unit(uint64_t bits) {
-  return attn::unit_interval(bits);
+// Stream `stream` of the input generators for `seed` (attention/random.h).
+attn::RandomStream input_stream(uint64_t seed, uint64_t stream) {
+  return attn::RandomStream(seed, attn::RandomDomain::kInputs, stream);
 }
 
-uint64_t stream_base(uint64_t seed, uint64_t stream) {
-  return splitmix64(seed ^ splitmix64(stream + 0x5151));
-}
-
-// Element e of the N(0,1) stream `base`: the same value fill_gaussian writes at position e.
-double normal_at(uint64_t base, uint64_t e) {
-  const uint64_t pair = e / 2;
-  const double u1 = unit(splitmix64(base + 2 * pair));
-  const double u2 = unit(splitmix64(base + 2 * pair + 1));
-  const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
-  return r * (e % 2 ? std::sin(a) : std::cos(a));
-}
-
-// Streams of the generators; gaussian q, k, v keep 1, 2, 3 so `gaussian` is unchanged.
+// Streams of the generators (the index of their RandomStream).
 enum Stream : uint64_t {
   kQ = 1,
   kK = 2,
@@ -96,16 +83,17 @@ Inputs empty_inputs(const attn::Shape& s) {
 // cluster is ≈ 8 and against another cluster ≈ N(0, 64/D): attention concentrates on the
 // ~n/C keys of the query's cluster. Noise is `noise`·σ per coordinate.
 void fill_clustered_tokens(attn::Tensor& t, const std::vector<double>& centroids, int64_t clusters,
-                           double sigma, double noise, uint64_t assign_base, uint64_t noise_base) {
+                           double sigma, double noise, const attn::RandomStream& assign,
+                           const attn::RandomStream& noise_stream) {
   const int64_t n = t.seq(), d = t.dim(), heads = t.batch() * t.heads();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < heads * n; ++row) {
     const int64_t bh = row / n;
-    const int64_t c = int64_t(splitmix64(assign_base + uint64_t(row)) % uint64_t(clusters));
+    const int64_t c = int64_t(assign.below(uint64_t(row), uint64_t(clusters)));
     const double* centre = centroids.data() + (bh * clusters + c) * d;
     float* x = t.data() + row * d;
     for (int64_t e = 0; e < d; ++e)
-      x[e] = float(centre[e] + noise * sigma * normal_at(noise_base, uint64_t(row * d + e)));
+      x[e] = float(centre[e] + noise * sigma * noise_stream.normal(uint64_t(row * d + e)));
   }
 }
 
@@ -117,13 +105,13 @@ Inputs make_clustered(const attn::Shape& s, const std::string& dist, const Param
   const double noise = number_param(dist, p, "noise", 0.1, true);
   const double sigma = std::sqrt(8.0 / (s.dim * s.softmax_scale()));
   std::vector<double> centroids(s.heads_total() * clusters * s.dim);
-  const uint64_t cb = stream_base(seed, kCentroid);
-  for (size_t e = 0; e < centroids.size(); ++e) centroids[e] = sigma * normal_at(cb, e);
+  const attn::RandomStream cb = input_stream(seed, kCentroid);
+  for (size_t e = 0; e < centroids.size(); ++e) centroids[e] = sigma * cb.normal(e);
   Inputs in = empty_inputs(s);
-  fill_clustered_tokens(in.q, centroids, clusters, sigma, noise, stream_base(seed, kAssignQ),
-                        stream_base(seed, kQ));
-  fill_clustered_tokens(in.k, centroids, clusters, sigma, noise, stream_base(seed, kAssignK),
-                        stream_base(seed, kK));
+  fill_clustered_tokens(in.q, centroids, clusters, sigma, noise, input_stream(seed, kAssignQ),
+                        input_stream(seed, kQ));
+  fill_clustered_tokens(in.k, centroids, clusters, sigma, noise, input_stream(seed, kAssignK),
+                        input_stream(seed, kK));
   fill_gaussian(in.v, seed, kV);
   return in;
 }
@@ -136,7 +124,8 @@ constexpr double kLocalPeakLogit = 12;
 // k_j = a·φ_j + noise, with a chosen so that the logit at i = j is 12: the logits are a
 // Gaussian bump around the diagonal of width w over a floor of ≈ N(0, 12²/D).
 void fill_local_tokens(attn::Tensor& t, const std::vector<double>& omega,
-                       const std::vector<double>& phase, double amplitude, uint64_t noise_base) {
+                       const std::vector<double>& phase, double amplitude,
+                       const attn::RandomStream& noise) {
   const int64_t n = t.seq(), d = t.dim(), heads = t.batch() * t.heads(), pairs = d / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < heads * n; ++row) {
@@ -150,7 +139,7 @@ void fill_local_tokens(attn::Tensor& t, const std::vector<double>& omega,
     if (d % 2) x[d - 1] = 0;
     // Small per-token content so that q and k differ (0.1·a per coordinate; logit noise ≈ 0.3).
     for (int64_t e = 0; e < d; ++e)
-      x[e] += float(0.1 * amplitude * normal_at(noise_base, uint64_t(row * d + e)));
+      x[e] += float(0.1 * amplitude * noise.normal(uint64_t(row * d + e)));
   }
 }
 
@@ -159,15 +148,15 @@ Inputs make_local(const attn::Shape& s, const std::string& dist, const Params& p
   const int64_t pairs = s.dim / 2;
   if (pairs == 0) bad_dist(dist, "needs head dim D >= 2");
   std::vector<double> omega(s.heads_total() * pairs), phase(omega.size());
-  const uint64_t fb = stream_base(seed, kFrequency), pb = stream_base(seed, kPhase);
+  const attn::RandomStream fb = input_stream(seed, kFrequency), pb = input_stream(seed, kPhase);
   for (size_t e = 0; e < omega.size(); ++e) {
-    omega[e] = normal_at(fb, e) / width;
-    phase[e] = 2 * M_PI * unit(splitmix64(pb + e));
+    omega[e] = fb.normal(e) / width;
+    phase[e] = 2 * M_PI * pb.uniform(e);
   }
   const double amplitude = std::sqrt(kLocalPeakLogit / (double(pairs) * s.softmax_scale()));
   Inputs in = empty_inputs(s);
-  fill_local_tokens(in.q, omega, phase, amplitude, stream_base(seed, kQ));
-  fill_local_tokens(in.k, omega, phase, amplitude, stream_base(seed, kK));
+  fill_local_tokens(in.q, omega, phase, amplitude, input_stream(seed, kQ));
+  fill_local_tokens(in.k, omega, phase, amplitude, input_stream(seed, kK));
   fill_gaussian(in.v, seed, kV);
   return in;
 }
@@ -228,7 +217,7 @@ Inputs read_npy_inputs(const attn::Shape& s, const std::string& dist) {
 }  // namespace
 
 void fill_gaussian(attn::Tensor& t, uint64_t seed, uint64_t stream) {
-  attn::fill_normal_stream(t.data(), t.size(), stream_base(seed, stream));
+  input_stream(seed, stream).fill_normal(t.data(), t.size());
 }
 
 Inputs make_inputs(const attn::Shape& s, const std::string& dist, uint64_t seed) {

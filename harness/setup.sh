@@ -6,10 +6,12 @@
 #   ocl-icd-opencl-dev  libdnnl-dev's CMake config (dnnl-config.cmake) calls find_package(OpenCL)
 #   clang, libclang-rt-14-dev, libomp-14-dev  the libFuzzer targets (tests/fuzz) run by CTest:
 #                       clang's OpenMP runtime is a separate package that clang does not pull in
+#   librandom123-dev    Philox4x32-10, the one random number generator (attention/random.h)
 set -euo pipefail
 packages=(cmake g++ make git libdnnl-dev ocl-icd-opencl-dev libboost-program-options-dev
           libbenchmark-dev libgtest-dev googletest nlohmann-json3-dev python3-matplotlib
-          clang libclang-rt-14-dev libomp-14-dev)
+          clang libclang-rt-14-dev libomp-14-dev
+          librandom123-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -104,11 +104,15 @@ double key_shift(const float* k, int64_t n, int64_t d, const std::vector<double>
 }
 
 // FAVOR in fp64 with explicit (masked) weights φ(q_i)·φ(k_j): independent of the prefix-sum
-// and blocking structure the implementation uses.
+// and blocking structure the implementation uses. `cancellation`, if given, receives per row
+// Σ_j |p_ij| / |Σ_j p_ij|: 1 for the positive kernels; for trig, whose weights take both
+// signs, how much fp32 rounding in the sums is amplified by the division.
 std::vector<double> favor_fp64(const Shape& s, const attnbench::Inputs& in,
-                               const std::vector<double>& w, int64_t m, Kind kind, double eps) {
+                               const std::vector<double>& w, int64_t m, Kind kind, double eps,
+                               std::vector<double>* cancellation = nullptr) {
   const int64_t d = s.dim;
   std::vector<double> out(size_t(s.heads_total() * s.nq * d));
+  if (cancellation) cancellation->assign(size_t(s.heads_total() * s.nq), 1.0);
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h) {
       const float *q = in.q.head(b, h), *k = in.k.head(b, h), *v = in.v.head(b, h);
@@ -119,15 +123,17 @@ std::vector<double> favor_fp64(const Shape& s, const attnbench::Inputs& in,
       double* o = out.data() + (b * s.heads + h) * s.nq * d;
       for (int64_t i = 0; i < s.nq; ++i) {
         const auto qf = phi(q + i * d, d, w, m, kind, eps, false, 0);
-        double den = 0;
+        double den = 0, magnitude = 0;
         const int64_t last = s.causal ? i : s.nk - 1;
         for (int64_t j = 0; j <= last; ++j) {
           double p = 0;
           for (size_t f = 0; f < qf.size(); ++f) p += qf[f] * kf[j][f];
-          den += p;
+          den += p, magnitude += std::abs(p);
           for (int64_t e = 0; e < d; ++e) o[i * d + e] += p * v[j * d + e];
         }
         for (int64_t e = 0; e < d; ++e) o[i * d + e] /= den;
+        if (cancellation)
+          (*cancellation)[size_t((b * s.heads + h) * s.nq + i)] = magnitude / std::abs(den);
       }
     }
   return out;
@@ -165,8 +171,25 @@ TEST(Performer, MatchesFp64FavorWithTheSameFeatures) {
     Tensor out = forward(*a, c.s, in);
     int64_t m = 0;
     const auto w = exported_features(*a, c.s, &m);
-    const auto ref = favor_fp64(c.s, in, w, m, c.kind, c.eps);
-    EXPECT_LT(relative_error(out, ref), 1e-5) << c.spec << " " << c.s.str();
+    std::vector<double> cancellation;
+    const auto ref = favor_fp64(c.s, in, w, m, c.kind, c.eps, &cancellation);
+    // Rows whose denominator cancels more than 100-fold (trig only: its weights have both
+    // signs) amplify fp32 rounding beyond what 1e-5 can test; every other row is compared.
+    // Most rows must remain, or the case would test nothing.
+    std::vector<float> got;
+    std::vector<double> want;
+    for (size_t row = 0; row < cancellation.size(); ++row) {
+      if (cancellation[row] > 100) continue;
+      for (int64_t e = 0; e < c.s.dim; ++e) {
+        got.push_back(out.data()[row * c.s.dim + e]);
+        want.push_back(ref[row * c.s.dim + e]);
+      }
+    }
+    EXPECT_GE(got.size(), 0.9 * ref.size()) << c.spec << " " << c.s.str();
+    if (c.kind != Kind::Trig) {
+      EXPECT_EQ(got.size(), ref.size()) << "positive kernels never cancel";
+    }
+    EXPECT_LT(relative_error(got.data(), want), 1e-5) << c.spec << " " << c.s.str();
   }
 }
 

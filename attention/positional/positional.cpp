@@ -87,7 +87,7 @@ std::vector<int64_t> parse_factors(const std::string& text, const std::string& w
 }
 
 void fill_normal(float* p, int64_t count, uint64_t seed, uint64_t stream) {
-  fill_normal_stream(p, count, splitmix64(seed ^ splitmix64(stream + 0x9e37)));
+  RandomStream(seed, RandomDomain::kPositional, stream).fill_normal(p, count);
 }
 
 std::vector<float> read_table(const std::string& path, int64_t rows, int64_t cols) {
