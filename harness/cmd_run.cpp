@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
@@ -33,6 +34,8 @@ int cmd_run(const Args& args) {
       "reps", po::value(&cfg.reps)->default_value(5),
       "Google Benchmark repetitions (median and spread reported)")(
       "min-time", po::value(&cfg.min_time)->default_value(0.05), "minimum seconds per repetition")(
+      "crossover-baseline", po::value(&cfg.crossover_baseline)->default_value("full"),
+      "the spec crossovers are measured against (one of the --variant specs)")(
       "out", po::value(&out), "also write results.csv/json into this directory")(
       "overwrite", po::bool_switch(&overwrite), "replace results already in --out");
   po::variables_map vm;
@@ -45,6 +48,11 @@ int cmd_run(const Args& args) {
   cfg.dists = {dist};
   cfg.seeds = {seed};
   cfg.causal = {causal};
+  if (!vm["crossover-baseline"].defaulted() &&
+      std::find(cfg.variants.begin(), cfg.variants.end(), cfg.crossover_baseline) ==
+          cfg.variants.end())
+    throw attn::UsageError("--crossover-baseline '" + cfg.crossover_baseline +
+                           "' is not one of the --variant specs");
   // A quick command refuses what cannot fit (a sweep would skip it with a note instead).
   for (const auto& spec : cfg.variants) {
     auto a = attn::make_attention(spec);

@@ -283,7 +283,7 @@ def alpha_text(spec, dist, causal, scaling, points):
         if isinstance(s.get("alpha_ci_lo"), (int, float)) and isinstance(s.get("alpha_ci_hi"), (int, float)):
             text += f" [{s['alpha_ci_lo']:.2f}, {s['alpha_ci_hi']:.2f}]"
         if isinstance(s.get("crossover_n"), (int, float)):
-            text += f", faster than full from n≈{round(s['crossover_n'])}"
+            text += f", faster than {s.get('crossover_baseline', 'full')} from n≈{round(s['crossover_n'])}"
         return text
     pts = [(math.log(n), math.log(t)) for n, t in points if t > 0]
     if len(pts) < 3:

@@ -237,7 +237,8 @@ json to_json(const Scaling& s) {
           {"gb_big_o", s.gb_big_o},
           {"gb_rms", s.gb_rms},
           {"crossover_n", s.crossover_n ? json(*s.crossover_n) : json(nullptr)},
-          {"crossover_note", s.crossover_note}};
+          {"crossover_note", s.crossover_note},
+          {"crossover_baseline", s.crossover_baseline}};
 }
 
 json to_json(const RunContext& c) {
@@ -363,7 +364,7 @@ void print_row(const Row& r) {
 void print_scaling(const std::vector<Scaling>& scaling) {
   if (scaling.empty()) return;
   std::printf("\n%-34s %-10s %22s %8s %7s  %s\n", "scaling (median time vs n)", "dist",
-              "alpha [95% CI]", "GB O()", "GB rms", "crossover vs full");
+              "alpha [95% CI]", "GB O()", "GB rms", "crossover");
   for (const Scaling& s : scaling) {
     char ci[48];
     std::snprintf(ci, sizeof ci, "%.2f [%.2f, %.2f]", s.alpha, s.alpha_ci_lo, s.alpha_ci_hi);

@@ -51,6 +51,7 @@ struct Scaling {
   double gb_rms = 0;
   std::optional<double> crossover_n;
   std::string crossover_note;
+  std::string crossover_baseline = "full";  // the spec crossover_n is measured against
 };
 
 // Where and with what a run was made.

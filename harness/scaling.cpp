@@ -51,7 +51,7 @@ PowerFit fit_power_law(const std::vector<double>& n, const std::vector<double>& 
   return f;
 }
 
-Crossover find_crossover(const PowerFit& v, const PowerFit& d) {
+Crossover find_crossover(const PowerFit& v, const PowerFit& d, const std::string& baseline) {
   Crossover c;
   const double lo = std::max(v.n_min, d.n_min), hi = std::min(v.n_max, d.n_max);
   if (!v.valid || !d.valid || !(lo < hi)) return c.note = "none in range", c;
@@ -61,10 +61,10 @@ Crossover find_crossover(const PowerFit& v, const PowerFit& d) {
   if (gap(xhi) >= 0) return c.note = "none in range", c;
   const double x = gap(xlo) < 0 ? xlo : (d.intercept - v.intercept) / (v.alpha - d.alpha);
   c.n = std::exp(x);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "faster than full from n≈%.0f%s", *c.n,
+  char buf[48];
+  std::snprintf(buf, sizeof buf, " from n≈%.0f%s", *c.n,
                 gap(xlo) < 0 ? " (at every measured n)" : "");
-  c.note = buf;
+  c.note = "faster than " + baseline + buf;
   return c;
 }
 

@@ -20,9 +20,11 @@ PowerFit fit_power_law(const std::vector<double>& n, const std::vector<double>& 
 // Where `variant` becomes faster than `dense` (both fitted), within the range both measured.
 struct Crossover {
   std::optional<double> n;  // null unless the variant is faster from some n in range onwards
-  std::string note;         // "faster than full from n≈X" / "none in range"
+  std::string note;         // "faster than BASELINE from n≈X" / "none in range"
 };
-Crossover find_crossover(const PowerFit& variant, const PowerFit& dense);
+// Where the variant's fit drops below the baseline's (named `baseline` in the note).
+Crossover find_crossover(const PowerFit& variant, const PowerFit& dense,
+                         const std::string& baseline = "full");
 
 // Two-sided 97.5% quantile of Student's t with `dof` degrees of freedom.
 double student_t_975(int dof);

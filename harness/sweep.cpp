@@ -132,7 +132,9 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
       "max_seconds", po::value(&c.max_seconds), "per-case time budget")(
       "max_memory_gib", po::value(&c.max_memory_gib), "per-case memory budget")(
       "ref_sample", po::value(&c.ref_sample), "sampled reference rows")(
-      "ref_all_rows_max", po::value(&c.ref_all_rows_max), "all reference rows up to this Nq");
+      "ref_all_rows_max", po::value(&c.ref_all_rows_max), "all reference rows up to this Nq")(
+      "crossover_baseline", po::value(&c.crossover_baseline),
+      "spec the crossovers are measured against (default full)");
   const std::string where = "config " + name + ": ";
   po::variables_map vm;
   try {
@@ -183,6 +185,11 @@ SweepConfig parse_sweep_config(std::istream& in, const std::string& name) {
       c.seeds.push_back(v);
     }
     c.posenc = trim(c.posenc);
+    c.crossover_baseline = trim(c.crossover_baseline);
+    require(!vm.count("crossover_baseline") || std::find(c.variants.begin(), c.variants.end(),
+                                                         c.crossover_baseline) != c.variants.end(),
+            "crossover_baseline '" + c.crossover_baseline +
+                "' is not one of the sweep's variant specs (write it exactly as a 'variant' line)");
     require(c.dim > 0 && c.heads > 0 && c.batch > 0, "dim, heads and batch must be >= 1");
     check_threads(c.threads, "threads");
     require(c.reps >= 1, "reps must be >= 1");
@@ -292,7 +299,8 @@ std::vector<Case> expand_cases(const SweepConfig& cfg) {
 // Scaling
 
 std::vector<Scaling> compute_scaling(const std::vector<Row>& rows,
-                                     const std::vector<std::pair<std::string, GbFit>>& gb) {
+                                     const std::vector<std::pair<std::string, GbFit>>& gb,
+                                     const std::string& baseline) {
   struct Points {
     const Row* first = nullptr;
     std::vector<double> n, t;
@@ -318,20 +326,18 @@ std::vector<Scaling> compute_scaling(const std::vector<Row>& rows,
     s.alpha = fit.alpha, s.alpha_ci_lo = fit.ci_lo, s.alpha_ci_hi = fit.ci_hi;
     for (const auto& [key, g] : gb)
       if (key == k) s.gb_big_o = g.big_o, s.gb_rms = g.rms;
-    const auto full =
-        groups.find(group_key_of("full", r.batch, r.heads, r.dim, r.causal, r.dist, r.posenc));
-    if (r.spec == "full") {
-      s.crossover_note = "is the full baseline";
-    } else if (full == groups.end()) {
-      s.crossover_note = "no full in sweep";
+    s.crossover_baseline = baseline;
+    const auto base =
+        groups.find(group_key_of(baseline, r.batch, r.heads, r.dim, r.causal, r.dist, r.posenc));
+    const PowerFit dense =
+        base == groups.end() ? PowerFit{} : fit_power_law(base->second.n, base->second.t);
+    if (r.spec == baseline) {
+      s.crossover_note = "is the crossover baseline";
+    } else if (!dense.valid) {
+      s.crossover_note = "no " + baseline + " in sweep";
     } else {
-      const PowerFit dense = fit_power_law(full->second.n, full->second.t);
-      if (!dense.valid) {
-        s.crossover_note = "no full in sweep";
-      } else {
-        Crossover c = find_crossover(fit, dense);
-        s.crossover_n = c.n, s.crossover_note = c.note;
-      }
+      Crossover c = find_crossover(fit, dense, baseline);
+      s.crossover_n = c.n, s.crossover_note = c.note;
     }
     out.push_back(s);
   }
@@ -437,7 +443,8 @@ class Sweep {
     }
     if (opt_.progress) std::fprintf(stderr, "\r\033[K");  // the table stays, the progress goes
     write();
-    return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_), references_computed_};
+    return {ctx_, ordered_rows(), compute_scaling(ordered_rows(), gb_, cfg_.crossover_baseline),
+            references_computed_};
   }
 
  private:
@@ -600,7 +607,7 @@ class Sweep {
   void write() {
     if (opt_.out_dir.empty()) return;
     const std::vector<Row> rows = ordered_rows();
-    write_results(opt_.out_dir, ctx_, rows, compute_scaling(rows, gb_));
+    write_results(opt_.out_dir, ctx_, rows, compute_scaling(rows, gb_, cfg_.crossover_baseline));
   }
 
   const SweepConfig& cfg_;

@@ -28,6 +28,9 @@ struct SweepConfig {
   double max_memory_gib = 0;  // estimated per case; 0 = what the machine has available
   int64_t ref_sample = 256;   // reference rows when Nq > ref_all_rows_max
   int64_t ref_all_rows_max = 4096;
+  // The spec every other variant's crossover is measured against (one of `variants` when
+  // given; the default "full" is used when present).
+  std::string crossover_baseline = "full";
 };
 
 // Parses INI text; UsageError (one line, naming the config) on unknown keys, bad numbers,
@@ -74,13 +77,15 @@ struct SweepResult {
 SweepResult run_sweep(const SweepConfig& cfg, const SweepOptions& opt);
 
 // Scaling entries (groups measured over >= 3 distinct n) from rows; `gb` maps group keys to
-// Google Benchmark's fit where one was made in this process.
+// Google Benchmark's fit where one was made in this process; crossovers are against the
+// spec `baseline` on the same shape and inputs.
 struct GbFit {
   std::string big_o;
   double rms = 0;
 };
 std::vector<Scaling> compute_scaling(const std::vector<Row>& rows,
-                                     const std::vector<std::pair<std::string, GbFit>>& gb);
+                                     const std::vector<std::pair<std::string, GbFit>>& gb,
+                                     const std::string& baseline = "full");
 std::string scaling_group_key(const Row& r);
 
 }  // namespace attnbench

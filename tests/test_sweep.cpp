@@ -59,7 +59,7 @@ const std::string kEveryKey =
     "seq = 512, 1024,2048\ndim = 32\nheads = 4\nbatch = 2\ncausal = true\n"
     "dist = gaussian\ndist = local\nseed = 0\nseed = 7\nthreads = 1\nreps = 3\n"
     "min_time = 0.02\nmax_seconds = 5\nmax_memory_gib = 1.5\nposenc = axial:shape=32x64\n"
-    "ref_sample = 64\nref_all_rows_max = 1024\n";
+    "ref_sample = 64\nref_all_rows_max = 1024\ncrossover_baseline = full_materialized\n";
 
 TEST(SweepConfig, ParsesEveryKey) {
   const std::vector<std::string> keys = accepted_keys();
@@ -83,6 +83,7 @@ TEST(SweepConfig, ParsesEveryKey) {
   EXPECT_EQ(c.posenc, "axial:shape=32x64");
   EXPECT_EQ(c.ref_sample, 64);
   EXPECT_EQ(c.ref_all_rows_max, 1024);
+  EXPECT_EQ(c.crossover_baseline, "full_materialized");
   // 2 variants x 2 dists x 3 n x 2 seeds, distribution outermost and n ascending.
   auto cases = attnbench::expand_cases(c);
   ASSERT_EQ(cases.size(), 24u);
@@ -110,6 +111,7 @@ TEST(SweepConfig, DefaultsForOptionalKeys) {
   EXPECT_EQ(c.max_memory_gib, 0);
   EXPECT_EQ(c.ref_sample, 256);
   EXPECT_EQ(c.ref_all_rows_max, 4096);
+  EXPECT_EQ(c.crossover_baseline, "full");
 }
 
 TEST(SweepConfig, EveryMalformedConfigIsAOneLineUsageError) {
@@ -254,6 +256,42 @@ TEST(Scaling, CrossoverOfSyntheticLines) {
   c = attnbench::find_crossover(attnbench::fit_power_law(n, fast), fd);
   ASSERT_TRUE(c.n.has_value());
   EXPECT_NEAR(*c.n, 256.0, 1e-6);
+}
+
+// Crossovers are against the configured baseline spec: a variant crosses it where the two
+// fits meet, and one slower than the baseline everywhere never does.
+TEST(Scaling, CrossoverBaselineIsConfigurable) {
+  auto row = [](const std::string& spec, double n, double ms) {
+    attnbench::Row r;
+    r.spec = r.variant = spec, r.n = int64_t(n), r.dim = 64, r.time_ms_median = ms;
+    return r;
+  };
+  std::vector<attnbench::Row> rows;
+  for (double n : {256.0, 512.0, 1024.0, 2048.0}) {
+    rows.push_back(row("window", n, 1e-5 * n * n));  // the baseline
+    rows.push_back(row("cheap", n, 1e-2 * n));       // = the baseline at n = 1000, then faster
+    rows.push_back(row("full", n, 1e-4 * n * n));    // slower than the baseline everywhere
+  }
+  const auto scaling = attnbench::compute_scaling(rows, {}, "window");
+  ASSERT_EQ(scaling.size(), 3u);
+  for (const auto& s : scaling) {
+    EXPECT_EQ(s.crossover_baseline, "window");
+    if (s.spec == "window") {
+      EXPECT_EQ(s.crossover_note, "is the crossover baseline");
+    } else if (s.spec == "full") {
+      EXPECT_EQ(s.crossover_note, "none in range");
+    } else {
+      ASSERT_TRUE(s.crossover_n.has_value());
+      EXPECT_NEAR(*s.crossover_n, 1000.0, 1e-6);
+      EXPECT_EQ(s.crossover_note, "faster than window from n≈1000");
+    }
+  }
+  EXPECT_EQ(attnbench::compute_scaling(rows, {}, "absent")[0].crossover_note, "no absent in sweep");
+  // The config key must name one of the sweep's specs.
+  EXPECT_EQ(parse("variant = full\nvariant = lsh\nseq = 64\ncrossover_baseline = lsh\n")
+                .crossover_baseline,
+            "lsh");
+  EXPECT_THROW(parse("variant = full\nseq = 64\ncrossover_baseline = lsh\n"), UsageError);
 }
 
 const char* kRowNumbers[] = {"time_ms_median", "time_ms_min", "time_ms_max",    "time_cv",
