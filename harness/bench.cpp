@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention/kernels/gemm.h"
+#include "harness/stats.h"
 
 // ---------------------------------------------------------------------------------------------
 // Global operator new/delete replacement. Every block carries a 16-byte header just before the
@@ -241,15 +242,8 @@ Timing timing_from_runs(const std::vector<Run>& runs) {
   if (g_case_memory.forwards > 0)
     t.mem_allocs = int64_t(std::llround(double(g_case_memory.allocs) / g_case_memory.forwards));
   if (t.reps_ms.empty()) return t.error = "no repetitions", t;
-  std::vector<double> sorted = t.reps_ms;
-  std::sort(sorted.begin(), sorted.end());
-  const size_t m = sorted.size();
-  t.median_ms = m % 2 ? sorted[m / 2] : 0.5 * (sorted[m / 2 - 1] + sorted[m / 2]);
-  t.min_ms = sorted.front(), t.max_ms = sorted.back();
-  double mean = 0, var = 0;
-  for (double x : sorted) mean += x / m;
-  for (double x : sorted) var += (x - mean) * (x - mean);
-  t.cv = m > 1 && mean > 0 ? std::sqrt(var / (m - 1)) / mean : 0.0;
+  const Summary sum = summarize(t.reps_ms);
+  t.median_ms = sum.median, t.min_ms = sum.min, t.max_ms = sum.max, t.cv = sum.cv;
   t.ok = true;
   return t;
 }

@@ -13,6 +13,7 @@
 #include "attention/npy.h"
 #include "attention/positional/positional.h"
 #include "harness/cli.h"
+#include "harness/stats.h"
 
 namespace attnbench {
 namespace {
@@ -25,12 +26,6 @@ double seconds(F&& f) {
   const auto t0 = Clock::now();
   f();
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t h = v.size() / 2;
-  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
 }
 
 // Each thread copies one contiguous slice, like the row-parallel materialization it is the

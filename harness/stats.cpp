@@ -50,6 +50,19 @@ double exact_upper_tail(const std::vector<int>& rank2, size_t n1, int observed2)
 
 }  // namespace
 
+Summary summarize(const std::vector<double>& v) {
+  Summary s;
+  if (v.empty()) return s;
+  const double m = double(v.size());
+  double mean = 0, var = 0;
+  for (double x : v) mean += x / m;
+  for (double x : v) var += (x - mean) * (x - mean);
+  s.median = median(v);
+  s.min = *std::min_element(v.begin(), v.end()), s.max = *std::max_element(v.begin(), v.end());
+  s.cv = v.size() > 1 && mean > 0 ? std::sqrt(var / (m - 1)) / mean : 0.0;
+  return s;
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return NAN;
   const size_t h = v.size() / 2;

@@ -1,11 +1,19 @@
-// Small statistics for the harness: medians and the Mann-Whitney U test used by `compare`.
+// Small statistics for the harness, the one place they are computed: medians, the summary of
+// a case's repetitions, and the Mann-Whitney U test used by `compare`.
 #pragma once
 
 #include <vector>
 
 namespace attnbench {
 
-double median(std::vector<double> v);
+double median(std::vector<double> v);  // NaN for an empty sample
+
+// Median, extremes and coefficient of variation (sample standard deviation / mean) of a
+// sample, as reported per case.
+struct Summary {
+  double median = 0, min = 0, max = 0, cv = 0;
+};
+Summary summarize(const std::vector<double>& v);  // zeros for an empty sample
 
 struct MannWhitney {
   double u = 0;        // U of x: pairs (x_i, y_j) with x_i > y_j, ties counting 1/2

@@ -263,7 +263,9 @@ TEST(Scaling, CrossoverOfSyntheticLines) {
 TEST(Scaling, CrossoverBaselineIsConfigurable) {
   auto row = [](const std::string& spec, double n, double ms) {
     attnbench::Row r;
-    r.spec = r.variant = spec, r.n = int64_t(n), r.dim = 64, r.time_ms_median = ms;
+    r.spec = spec;
+    r.variant = spec;
+    r.n = int64_t(n), r.dim = 64, r.time_ms_median = ms;
     return r;
   };
   std::vector<attnbench::Row> rows;
