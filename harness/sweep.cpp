@@ -209,10 +209,37 @@ SweepConfig load_sweep_config(const std::string& path) {
   return parse_sweep_config(f, path);
 }
 
+namespace {
+
+// True for the causal case of a variant that is not defined for causal attention (Linformer,
+// Nyström: validate refuses the causal shape and accepts the same shape non-causal).
+bool refuses_causal(const attn::Attention& a, const attn::Shape& s) {
+  if (!s.causal) return false;
+  try {
+    a.validate(s);
+    return false;
+  } catch (const attn::UsageError&) {
+  }
+  attn::Shape plain = s;
+  plain.causal = false;
+  try {
+    a.validate(plain);
+    return true;
+  } catch (const attn::UsageError&) {
+    return false;
+  }
+}
+
+}  // namespace
+
 void validate_config(const SweepConfig& cfg) {
   for (const Case& c : expand_cases(cfg)) {
     if (c.dist != cfg.dists.front() || c.seed != cfg.seeds.front()) continue;
-    attn::make_attention(c.spec)->validate(c.shape);
+    auto a = attn::make_attention(c.spec);
+    // A config that lists both causal values runs each variant where it is defined; the
+    // sweep records the refused causal cases as skipped rows with the variant's reason.
+    if (cfg.causal.size() > 1 && refuses_causal(*a, c.shape)) continue;
+    a->validate(c.shape);
   }
   const bool causal = cfg.causal.front();
   // Unknown distributions and encodings are rejected now, on inputs of one head (cheap).
@@ -499,6 +526,14 @@ class Sweep {
     if (need > 0.9 * attn::available_memory_bytes()) {
       skip_ = "estimated memory " + fmt("%.2f", need / gib) + " GiB > 90% of available " +
               fmt("%.2f", attn::available_memory_bytes() / gib) + " GiB";
+      return false;
+    }
+    if (refuses_causal(*attn_, c.shape)) {  // let through by validate_config
+      try {
+        attn_->validate(c.shape);
+      } catch (const attn::UsageError& e) {
+        skip_ = e.what();
+      }
       return false;
     }
     in_ = std::make_unique<Inputs>(make_inputs(c.shape, c.dist, c.seed));
