@@ -25,6 +25,8 @@ enum class RandomDomain : uint16_t {
   kReferenceRows = 4,  // the fp64 reference's row sample
   kBlockLayout = 5,    // index: the layout's stream (per head, per query block)
   kPositional = 6,     // index: the encoding's parameter tensor
+  // index: group·kinds + kind (kind 0 = E, 1 = F)
+  kLinformerProjection = 7,
 };
 
 // Stream (seed, domain, index), index < 2^48. Philox key = the seed (low word first);

@@ -22,6 +22,9 @@ const std::vector<VariantInfo>& variants() {
       sink_window_variant(),
       block_sparse_variant(),
       sparse_transformer_variant(),
+      linformer_variant(),
+      nystrom_variant(),
+      linear_variant(),
   };
   return all;
 }

@@ -61,5 +61,8 @@ VariantInfo bigbird_variant();
 VariantInfo sink_window_variant();
 VariantInfo block_sparse_variant();
 VariantInfo sparse_transformer_variant();
+VariantInfo linformer_variant();
+VariantInfo nystrom_variant();
+VariantInfo linear_variant();
 
 }  // namespace attn

@@ -35,16 +35,28 @@ TEST(GateConfig, BothCausalValuesGiveBothKindsOfCase) {
   EXPECT_THROW(parse("variant = full\nseq = 64\ncausal = maybe\n"), UsageError);
 }
 
+// The default spec's validate refuses a causal shape (with a message naming causal) that it
+// accepts non-causal.
+bool refuses_causal(const std::string& name) {
+  const std::string e = usage_error(name, Shape{1, 1, 256, 256, 64, true});
+  return !e.empty() && e.find("causal") != std::string::npos &&
+         usage_error(name, Shape{1, 1, 256, 256, 64, false}).empty();
+}
+
 TEST(GateConfig, QuickIniCoversEveryRegisteredVariantCausalAndNot) {
   const auto cfg =
       attnbench::load_sweep_config(std::string(ATTN_SOURCE_DIR) + "/configs/quick.ini");
   std::set<std::pair<std::string, bool>> covered;
   for (const auto& c : attnbench::expand_cases(cfg)) covered.insert({c.variant, c.shape.causal});
   for (const auto& info : variants())
-    for (bool causal : {false, true})
+    for (bool causal : {false, true}) {
+      // Variants not defined for causal attention (Linformer, Nyström) are excused for causal:
+      // the sweep records their causal cases as skipped rows, and compare does not ask for them.
+      if (causal && refuses_causal(info.name)) continue;
       EXPECT_TRUE(covered.count({info.name, causal}))
           << info.name << (causal ? " (causal)" : " (non-causal)")
           << " is registered but configs/quick.ini has no case of it";
+    }
 }
 
 TEST(GateRows, EveryRepetitionCarriesItsCpuTimeAndControl) {
