@@ -2,7 +2,9 @@
 //
 // out = φ(Q)·(φ(K)ᵀV) / (φ(Q)·(φ(K)ᵀ1)), φ a random feature map whose inner products estimate
 // exp(q·k·scale), so the output approximates plain dense softmax attention in O(n·m·D) time.
-// The causal mode uses prefix sums of φ(K_j)ᵀV_j, computed block-wise so the work is GEMMs.
+// The causal mode uses prefix sums of φ(K_j)ᵀV_j, computed block-wise so the work is GEMMs, with
+// a key shift that only looks backwards (docs/ALGORITHMS.md §Performer causal shift): causal row
+// i is the non-causal estimator on keys 0…i, and depends on nothing after i.
 //
 // Determinism: every sum over sequence positions is taken over fixed-size blocks (kBlockRows,
 // and chunks of kChunkRows inside a causal block) whose partial results are combined in
@@ -228,6 +230,7 @@ struct HeadWork {
   FloatBuffer sums;  // per key block: [M·D] φ(K_b)ᵀV_b then [M] φ(K_b)ᵀ1
   FloatBuffer bmax;  // per key block: max of u (softmax) or of ‖x'‖²/2 (trig)
   float shift = 0;   // the (batch, head)'s key shift
+  FloatBuffer g;     // causal: per key row j, its running shift (the max over rows <= j)
 };
 
 class Performer final : public Attention {
@@ -275,7 +278,8 @@ class Performer final : public Attention {
     const double M = width(s.dim), D = s.dim;
     const double blocks =
         double(checked_add(s.nk, kBlockRows - 1, "performer key blocks") / kBlockRows);
-    const double per_head = s.nk * M + blocks * (M * D + M + 1);
+    const double per_head =
+        s.nk * M + blocks * (double(state_floats(s)) + 1) + (s.causal ? s.nk : 0);
     const double per_thread = double(scratch_floats(s));
     const double T = omp_get_max_threads();
     const double G = s.heads_total() >= T ? T : 1;
@@ -319,22 +323,30 @@ class Performer final : public Attention {
 
   void project(const float* x, int64_t rows, int64_t d, float* f, int64_t ldf) const;
   void feature_rows(const float* x, int64_t rows, int64_t d, float* f, bool keys, float key_shift,
-                    float* block_max) const;
+                    float* block_max, float* row_max = nullptr) const;
   void key_block_pass1(const Shape& s, HeadWork& h, int64_t b) const;
-  void key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums) const;
+  void running_shift(const Shape& s, HeadWork& h, int64_t b) const;
+  void causal_key_features(const Shape& s, HeadWork& h, int64_t r0, int64_t rows) const;
+  void key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums,
+                       float* scratch) const;
   void query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t rows, float* scratch) const;
   template <class Before>
   void accumulate_block(const Shape& s, const HeadWork& h, int64_t r0, int64_t end, Before&& before,
-                        float* sum) const;
+                        float* sum, float* keys) const;
   void causal_block(const Shape& s, HeadWork& h, int64_t b, const float* start,
                     float* scratch) const;
   void combine_blocks(const Shape& s, HeadWork& h, int64_t f) const;
   float key_shift(const HeadWork& h, int64_t blocks) const;
   void head_alone(const Shape& s, HeadWork& h, float* scratch) const;
   void head_shared(const Shape& s, HeadWork& h, float* scratch, std::exception_ptr& error) const;
+  // Floats of one running state: S [M·D], z [M], and (causal) Σ v [D] for the ε term.
+  int64_t state_floats(const Shape& s) const {
+    const int64_t M = width(s.dim);
+    return M * s.dim + M + (s.causal ? s.dim : 0);
+  }
   size_t scratch_floats(const Shape& s) const {
     const int64_t M = width(s.dim);
-    return s.causal ? size_t(2 * (M * s.dim + M) + kChunkRows * (M + kChunkRows))
+    return s.causal ? size_t(2 * state_floats(s) + kChunkRows * (2 * M + kChunkRows))
                     : size_t(kQueryRows * M);
   }
 
@@ -354,9 +366,10 @@ void Performer::project(const float* x, int64_t rows, int64_t d, float* f, int64
 // Queries: softmax subtracts the row's own max of u; trig drops exp(‖x'‖²/2) (a per-row
 // factor, cancels in the normalization). Keys: the (batch, head)'s key_shift is subtracted
 // (max of u for softmax, max of ‖x'‖²/2 for trig). With block_max given (keys, first pass),
-// only u is computed and the block's contribution to that maximum is returned instead.
+// only u is computed and the block's contribution to that maximum is returned instead (and,
+// with row_max given, each row's own contribution).
 void Performer::feature_rows(const float* x, int64_t rows, int64_t d, float* f, bool keys,
-                             float key_shift, float* block_max) const {
+                             float key_shift, float* block_max, float* row_max) const {
   const int64_t m = features(d), M = width(d);
   project(x, rows, d, f, M);
   const float a = 1.0f / std::sqrt(float(m)), c2 = c_ * c_;
@@ -368,7 +381,9 @@ void Performer::feature_rows(const float* x, int64_t rows, int64_t d, float* f, 
     switch (cfg_.kernel) {
       case Kernel::Softmax:
         if (block_max) {
-          bmax = std::max(bmax, max_of(fr, m));
+          const float mx = max_of(fr, m);
+          bmax = std::max(bmax, mx);
+          if (row_max) row_max[r] = mx;
         } else {
           const float shift = keys ? key_shift : max_of(fr, m);
           exp_features(fr, m, shift + half_norm2(xr), a, cfg_.eps);
@@ -382,6 +397,7 @@ void Performer::feature_rows(const float* x, int64_t rows, int64_t d, float* f, 
         const float h = half_norm2(xr);
         if (block_max) {
           bmax = std::max(bmax, h);
+          if (row_max) row_max[r] = h;
           break;
         }
         const float amp = keys ? a * std::exp(h - key_shift) : a;
@@ -402,34 +418,77 @@ void Performer::key_block_pass1(const Shape& s, HeadWork& h, int64_t b) const {
   const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows;
   const int64_t rows = std::min(kBlockRows, s.nk - r0);
   float* f = h.kf.data() + r0 * M;
+  float* row_max = s.causal ? h.g.data() + r0 : nullptr;
   feature_rows(h.k + r0 * d, rows, d, f, true, 0.0f,
-               cfg_.kernel == Kernel::Relu ? nullptr : &h.bmax[b]);
+               cfg_.kernel == Kernel::Relu ? nullptr : &h.bmax[b], row_max);
+  if (row_max && cfg_.kernel == Kernel::Relu) std::fill(row_max, row_max + rows, 0.0f);
+}
+
+// Causal, after pass 1 of every block: turns the row maxima of block b into running maxima
+// g_j = max over rows <= j (the backward-looking key shift). Max is exact, so the result does
+// not depend on which thread did which block. ReLU features have no shift (g = 0).
+void Performer::running_shift(const Shape& s, HeadWork& h, int64_t b) const {
+  if (cfg_.kernel == Kernel::Relu) return;
+  const int64_t r0 = b * kBlockRows, end = std::min(s.nk, r0 + kBlockRows);
+  float carry = b ? max_of(h.bmax.data(), b) : -INFINITY;
+  for (int64_t r = r0; r < end; ++r) h.g[r] = carry = std::max(carry, h.g[r]);
+}
+
+// The shift of the state that holds rows < r: the running shift of row r - 1 (row 0's for r = 0,
+// where the state is still zero).
+float shift_before(const HeadWork& h, int64_t r) {
+  return h.g.data()[r > 0 ? r - 1 : 0];
+}
+
+// Causal key features of rows [r0, r0 + rows) from the stored u, each row with its own running
+// shift g_j and without ε (the ε part is added exactly in causal_block):
+// softmax m^(-1/2)·exp(u − h − g_j), trig m^(-1/2)·exp(h − g_j)·[sin u, cos u].
+void Performer::causal_key_features(const Shape& s, HeadWork& h, int64_t r0, int64_t rows) const {
+  const int64_t d = s.dim, m = features(d), M = width(d);
+  const float a = 1.0f / std::sqrt(float(m)), c2 = c_ * c_;
+  for (int64_t r = r0; r < r0 + rows; ++r) {
+    float* fr = h.kf.data() + r * M;
+    const float* x = h.k + r * d;
+    const float half_norm2 = 0.5f * c2 * dot(x, x, d);
+    if (cfg_.kernel == Kernel::Softmax) {
+      exp_features(fr, m, h.g[r] + half_norm2, a, 0.0f);
+    } else if (cfg_.kernel == Kernel::Trig) {
+      const float amp = a * std::exp(half_norm2 - h.g[r]);
+      for (int64_t i = 0; i < m; ++i) {
+        const float u = fr[i];
+        fr[i] = amp * std::sin(u), fr[m + i] = amp * std::cos(u);
+      }
+    }
+  }
 }
 
 // Finishes φ(K) of block b (shift known now) and, if wanted, its partial sums φ(K_b)ᵀV_b and
 // φ(K_b)ᵀ1.
-void Performer::key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums) const {
+void Performer::key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums,
+                                float* scratch) const {
   const int64_t d = s.dim, m = features(d), M = width(d), r0 = b * kBlockRows;
   const int64_t rows = std::min(kBlockRows, s.nk - r0);
   float* f = h.kf.data() + r0 * M;
   const float* x = h.k + r0 * d;
   const float a = 1.0f / std::sqrt(float(m)), c2 = c_ * c_;
-  if (cfg_.kernel == Kernel::Softmax) {
+  if (s.causal) {
+    causal_key_features(s, h, r0, rows);
+  } else if (cfg_.kernel == Kernel::Softmax) {
     for (int64_t r = 0; r < rows; ++r)
       exp_features(f + r * M, m, h.shift + 0.5f * c2 * dot(x + r * d, x + r * d, d), a, cfg_.eps);
   } else if (cfg_.kernel == Kernel::Trig) {
     feature_rows(x, rows, d, f, true, h.shift, nullptr);
   }
   if (!want_sums) return;
-  float* sum = h.sums.data() + b * (M * d + M);
+  float* sum = h.sums.data() + b * state_floats(s);
   if (!s.causal) {
     sgemm(true, false, M, d, rows, 1.0f, f, M, h.v + r0 * d, d, 0.0f, sum, d);
     std::fill(sum + M * d, sum + M * d + M, 0.0f);
     add_column_sums(f, rows, M, M, sum + M * d);
   } else {
-    std::fill(sum, sum + M * d + M, 0.0f);
+    std::fill(sum, sum + state_floats(s), 0.0f);
     accumulate_block(
-        s, h, r0, r0 + rows, [](int64_t, int64_t) {}, sum);
+        s, h, r0, r0 + rows, [](int64_t, int64_t) {}, sum, scratch);
   }
 }
 
@@ -449,65 +508,139 @@ void Performer::query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t ro
   }
 }
 
+// Scales rows [c0, c0 + rows) of the causal φ(K) from their own running shifts g_j to the shift
+// `to` (>= every g_j there) into `keys`; returns φ(K) itself when every factor is 1 (the same
+// bits: multiplying by 1 is exact).
+const float* rescaled_keys(const HeadWork& h, int64_t c0, int64_t rows, int64_t M, float to,
+                           float* keys) {
+  bool all_one = true;
+  for (int64_t r = c0; r < c0 + rows; ++r) all_one = all_one && h.g.data()[r] == to;
+  const float* kf = h.kf.data() + c0 * M;
+  if (all_one) return kf;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float f = std::exp(h.g.data()[c0 + r] - to);
+#pragma omp simd
+    for (int64_t i = 0; i < M; ++i) keys[r * M + i] = kf[r * M + i] * f;
+  }
+  return keys;
+}
+
+// out = start·factor + add on the S and z parts (exactly rounded fma: the same bits in every
+// code path that folds states), out = start + add on the Σ v part.
+void fold_state(const float* start, float factor, const float* add, float* out, int64_t scaled,
+                int64_t total) {
+#pragma omp simd
+  for (int64_t i = 0; i < scaled; ++i) out[i] = std::fma(start[i], factor, add[i]);
+  for (int64_t i = scaled; i < total; ++i) out[i] = start[i] + add[i];
+}
+
 // Runs over the chunks of rows [r0, end) in order, calling before(c0, rows) for each chunk
-// and then adding φ(K_c)ᵀV_c and φ(K_c)ᵀ1 to sum [M·D + M]. Both the causal outputs and the
-// block sums of the team-shared path accumulate through this one loop, so a block's sum has
-// the same bits whichever path computed it.
+// and then adding the chunk to the causal state sum [M·D + M + D] of rows [r0, c0): sum holds
+// Σ_j φ(k_j)·exp(g_j − G)ᵀ v_j, Σ_j φ(k_j)·exp(g_j − G) and Σ_j v_j, G = shift_before(c0), and
+// is moved to the next chunk's G (a factor <= 1) before the chunk is added. Both the causal
+// outputs and the block sums of the team-shared path accumulate through this one loop, so a
+// block's sum has the same bits whichever path computed it. `keys`: kChunkRows·M scratch.
 template <class Before>
 void Performer::accumulate_block(const Shape& s, const HeadWork& h, int64_t r0, int64_t end,
-                                 Before&& before, float* sum) const {
+                                 Before&& before, float* sum, float* keys) const {
   const int64_t d = s.dim, M = width(d);
   for (int64_t c0 = r0; c0 < end; c0 += kChunkRows) {
     const int64_t rows = std::min(kChunkRows, end - c0);
     before(c0, rows);
-    const float* kf = h.kf.data() + c0 * M;
+    const float to = shift_before(h, c0 + rows);
+    const float factor = std::exp(shift_before(h, c0) - to);
+    if (factor != 1.0f)
+#pragma omp simd
+      for (int64_t i = 0; i < M * d + M; ++i) sum[i] *= factor;
+    const float* kf = rescaled_keys(h, c0, rows, M, to, keys);
     sgemm(true, false, M, d, rows, 1.0f, kf, M, h.v + c0 * d, d, 1.0f, sum, d);
     add_column_sums(kf, rows, M, M, sum + M * d);
+    add_column_sums(h.v + c0 * d, rows, d, d, sum + M * d + M);
   }
 }
 
-// Causal output rows of key block b, given start = (S, z) summed over all blocks before b.
-// Chunk c adds its masked diagonal tile φ(Q_c)φ(K_c)ᵀ·V_c to φ(Q_c)·(start + R), R the sum
-// over the block's earlier chunks. Returns R (the block's own sum) in scratch.
+// Causal output rows of key block b, given start = the state of all blocks before b (at shift
+// shift_before(r0)). Row i of chunk c uses the shift g_i (docs/ALGORITHMS.md §Performer causal
+// shift): with P the state of rows < c0 at shift G = shift_before(c0),
+//   num_i = exp(G − g_i)·φ(q_i)·P_S + Σ_{c0<=j<=i} φ(q_i)·φ(k_j)·exp(g_j − g_i)·v_j +
+//   ε'·σ_i·Σ_{j<=i} v_j den_i = exp(G − g_i)·φ(q_i)·P_z + Σ_{c0<=j<=i} φ(q_i)·φ(k_j)·exp(g_j − g_i)
+//   + ε'·σ_i·(i + 1)
+// with ε' = ε·m^(-1/2) (softmax; 0 otherwise) and σ_i = Σ_f φ(q_i)_f: exactly the features
+// m^(-1/2)·(exp(u − h − g_i) + ε) for every key j <= i. Returns R (the block's own sum) in
+// scratch.
 void Performer::causal_block(const Shape& s, HeadWork& h, int64_t b, const float* start,
                              float* scratch) const {
-  const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows, state = M * d + M;
+  const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows, state = state_floats(s);
   const int64_t end = std::min(s.nk, r0 + kBlockRows);
-  float* run = scratch;               // R [M·D + M]
-  float* total = run + state;         // start + R
-  float* qf = total + state;          // φ(Q_c) [kChunkRows, M]
-  float* tile = qf + kChunkRows * M;  // [kChunkRows, kChunkRows]
+  const float eps =
+      cfg_.kernel == Kernel::Softmax ? cfg_.eps * (1.0f / std::sqrt(float(features(d)))) : 0.0f;
+  float* run = scratch;                          // R [state]
+  float* total = run + state;                    // P: start + R at the chunk's shift
+  float* qf = total + state;                     // φ(Q_c) [kChunkRows, M]
+  float* tile = qf + kChunkRows * M;             // [kChunkRows, kChunkRows]
+  float* keys = tile + kChunkRows * kChunkRows;  // rescaled φ(K_c) [kChunkRows, M]
   std::fill(run, run + state, 0.0f);
   accumulate_block(
       s, h, r0, end,
       [&](int64_t c0, int64_t rows) {
         const float* kf = h.kf.data() + c0 * M;
+        const float* g = h.g.data() + c0;
+        const float G = shift_before(h, c0);
         float* o = h.out + c0 * d;
-#pragma omp simd
-        for (int64_t i = 0; i < state; ++i) total[i] = start[i] + run[i];
+        fold_state(start, std::exp(shift_before(h, r0) - G), run, total, M * d + M, state);
         feature_rows(h.q + c0 * d, rows, d, qf, false, 0.0f, nullptr);
         sgemm(false, true, rows, rows, M, 1.0f, qf, M, kf, M, 0.0f, tile, kChunkRows);
-        for (int64_t r = 0; r < rows; ++r)
-          std::fill(tile + r * kChunkRows + r + 1, tile + r * kChunkRows + rows, 0.0f);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* t = tile + r * kChunkRows;
+          std::fill(t + r + 1, t + rows, 0.0f);
+          for (int64_t j = 0; j < r; ++j)
+            if (g[j] != g[r]) t[j] *= std::exp(g[j] - g[r]);
+        }
         sgemm(false, false, rows, d, rows, 1.0f, tile, kChunkRows, h.v + c0 * d, d, 0.0f, o, d);
+        float sigma[kChunkRows];
+        for (int64_t r = 0; r < rows; ++r) {
+          float* qr = qf + r * M;
+          sigma[r] = 0;
+          for (int64_t i = 0; i < M; ++i) sigma[r] += qr[i];
+          if (g[r] != G) {
+            const float f = std::exp(G - g[r]);
+#pragma omp simd
+            for (int64_t i = 0; i < M; ++i) qr[i] *= f;
+          }
+        }
         sgemm(false, false, rows, d, M, 1.0f, qf, M, total, d, 1.0f, o, d);
+        float* vsum = total + M * d + M;  // Σ v over rows <= c0 + r, advanced row by row
         for (int64_t r = 0; r < rows; ++r) {
           float den = dot(qf + r * M, total + M * d, M);
           for (int64_t j = 0; j <= r; ++j) den += tile[r * kChunkRows + j];
+          float* orow = o + r * d;
+          if (eps != 0.0f) {
+            const float* vr = h.v + (c0 + r) * d;
+            const float w = eps * sigma[r];
+            for (int64_t j = 0; j < d; ++j) vsum[j] += vr[j], orow[j] += w * vsum[j];
+            den += w * float(c0 + r + 1);
+          }
           const float inv = 1.0f / den;
 #pragma omp simd
-          for (int64_t j = 0; j < d; ++j) o[r * d + j] *= inv;
+          for (int64_t j = 0; j < d; ++j) orow[j] *= inv;
         }
       },
-      run);
+      run, keys);
 }
 
-// Folds the block sums of feature row f (f = M: the φ(K)ᵀ1 row) in block order: non-causal
-// totals into block slot 0, causal exclusive prefixes in place of each slot.
+// Causal: the factor that moves a state from block b's starting shift to block b + 1's.
+float block_factor(const HeadWork& h, int64_t b, int64_t nk) {
+  return std::exp(shift_before(h, b * kBlockRows) -
+                  shift_before(h, std::min(nk, (b + 1) * kBlockRows)));
+}
+
+// Folds the block sums of feature row f (f = M: the φ(K)ᵀ1 row; causal f = M + 1: the Σ v row)
+// in block order: non-causal totals into block slot 0, causal exclusive prefixes in place of
+// each slot, each moved to the next block's shift as fold_state does.
 void Performer::combine_blocks(const Shape& s, HeadWork& h, int64_t f) const {
-  const int64_t d = s.dim, M = width(d), state = M * d + M;
+  const int64_t d = s.dim, M = width(d), state = state_floats(s);
   const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
-  const int64_t off = f < M ? f * d : M * d, len = f < M ? d : M;
+  const int64_t off = f < M ? f * d : f == M ? M * d : M * d + M, len = f == M ? M : d;
   float* base = h.sums.data();
   float run[kMaxRun];
   for (int64_t j0 = 0; j0 < len; j0 += kMaxRun) {
@@ -516,10 +649,15 @@ void Performer::combine_blocks(const Shape& s, HeadWork& h, int64_t f) const {
     for (int64_t b = 0; b < blocks; ++b) {
       float* slot = base + b * state + off + j0;
       const bool has_sum = !s.causal || b + 1 < blocks;  // the causal last block has none
+      if (!s.causal) {
+        for (int64_t j = 0; j < n; ++j) run[j] += slot[j];
+        continue;
+      }
+      const float factor = f <= M && has_sum ? block_factor(h, b, s.nk) : 1.0f;
       for (int64_t j = 0; j < n; ++j) {
         const float x = has_sum ? slot[j] : 0.0f;
-        if (s.causal) slot[j] = run[j];
-        run[j] += x;
+        slot[j] = run[j];
+        run[j] = f <= M ? std::fma(run[j], factor, x) : run[j] + x;
       }
     }
     if (!s.causal) std::copy(run, run + n, base + off + j0);
@@ -537,19 +675,21 @@ void Performer::head_alone(const Shape& s, HeadWork& h, float* scratch) const {
   const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
   for (int64_t b = 0; b < blocks; ++b) key_block_pass1(s, h, b);
   h.shift = key_shift(h, blocks);
+  if (s.causal)
+    for (int64_t b = 0; b < blocks; ++b) running_shift(s, h, b);
   // Causal: block b's start is block b-1's start plus its own sum, which causal_block
   // returns, so the block sums need no separate pass (the shared path's combine_blocks adds
   // them in the same order).
-  for (int64_t b = 0; b < blocks; ++b) key_block_pass2(s, h, b, !s.causal);
+  for (int64_t b = 0; b < blocks; ++b) key_block_pass2(s, h, b, !s.causal, scratch);
   if (s.causal) {
-    const int64_t state = width(s.dim) * s.dim + width(s.dim);
+    const int64_t state = state_floats(s), M = width(s.dim);
     float* start = h.sums.data();
     std::fill(start, start + state, 0.0f);
     for (int64_t b = 0; b < blocks; ++b) {
       causal_block(s, h, b, start, scratch);
       if (b + 1 == blocks) break;
       float* next = start + state;
-      for (int64_t i = 0; i < state; ++i) next[i] = start[i] + scratch[i];
+      fold_state(start, block_factor(h, b, s.nk), scratch, next, M * s.dim + M, state);
       start = next;
     }
   } else {
@@ -582,12 +722,15 @@ void Performer::head_shared(const Shape& s, HeadWork& h, float* scratch,
   parallel_tasks(blocks, error, [&](int64_t b) { key_block_pass1(s, h, b); });
 #pragma omp single
   h.shift = key_shift(h, blocks);
-  parallel_tasks(blocks, error,
-                 [&](int64_t b) { key_block_pass2(s, h, b, !s.causal || b + 1 < blocks); });
-  parallel_tasks(width(s.dim) + 1, error, [&](int64_t f) { combine_blocks(s, h, f); });
+  if (s.causal) parallel_tasks(blocks, error, [&](int64_t b) { running_shift(s, h, b); });
+  parallel_tasks(blocks, error, [&](int64_t b) {
+    key_block_pass2(s, h, b, !s.causal || b + 1 < blocks, scratch);
+  });
+  parallel_tasks(width(s.dim) + 1 + (s.causal ? 1 : 0), error,
+                 [&](int64_t f) { combine_blocks(s, h, f); });
   if (s.causal) {
     parallel_tasks(blocks, error, [&](int64_t b) {
-      causal_block(s, h, b, h.sums.data() + b * (width(s.dim) * s.dim + width(s.dim)), scratch);
+      causal_block(s, h, b, h.sums.data() + b * state_floats(s), scratch);
     });
   } else {
     parallel_tasks(qtasks, error, [&](int64_t t) {
@@ -611,8 +754,9 @@ void Performer::forward(const Shape& s, const Tensor& q, const Tensor& k, const 
   std::vector<HeadWork> work(alone ? threads : 1);
   for (auto& w : work) {
     w.kf = FloatBuffer(size_t(s.nk) * M);
-    w.sums = FloatBuffer(size_t(blocks) * (M * d + M));
+    w.sums = FloatBuffer(size_t(blocks) * size_t(state_floats(s)));
     w.bmax = FloatBuffer(size_t(blocks));
+    if (s.causal) w.g = FloatBuffer(size_t(s.nk));
   }
   auto bind = [&](HeadWork& w, int64_t bh) {
     const int64_t b = bh / s.heads, hh = bh % s.heads;
@@ -671,6 +815,10 @@ VariantInfo performer_variant() {
       "Performer / FAVOR+ random-feature attention (arXiv:2009.14794): approximates plain dense "
       "softmax attention by φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) with m random features; causal by "
       "block-wise prefix sums. O(n·m·D) time, extra memory O(n·m + m·D) per concurrent head. "
+      "Causal key stabilizer: row i shifts by the running max over keys j <= i, so causal row i "
+      "is the non-causal estimator on keys 0..i and strictly causal; performer-pytorch (and the "
+      "JAX/TF code) shift by the max over all keys, which with eps > 0 leaks future keys into "
+      "earlier rows, so attnbench's causal outputs differ from theirs there. "
       "The random matrix W [m, D] (raw rows ω, no D^-1/4 or m^-1/2 folded in) is exported / "
       "imported as DIR/features.npy by `apply --random-out/--random-in`.",
       {{"features", K::Text, "auto",
