@@ -3,8 +3,10 @@
 //   o_i = φ(q_i)·S / φ(q_i)·z,   S = Σ_j φ(k_j)ᵀ v_j (M×D),   z = Σ_j φ(k_j) (M),
 //
 // sums over every key, or over j ≤ i when causal (block-wise prefix sums, so the work is GEMMs).
-// `performer` (random features) and `linear` (elu + 1) supply φ; this driver owns the sums,
-// the causal walk and the scheduling.
+// `linear` (elu + 1) supplies φ; this driver owns the sums, the causal walk and the
+// scheduling. It was extracted from `performer`, which since keeps its own copy of this walk
+// with a backward-looking running key shift (strict causality, docs/ALGORITHMS.md §Performer
+// causal shift); moving that shift into this driver, so both use one walk, is still to do.
 //
 // Determinism: every sum over sequence positions is taken over fixed-size blocks (kBlockRows,
 // and chunks of kChunkRows inside a causal block) whose partial results are combined in

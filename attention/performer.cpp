@@ -2,11 +2,18 @@
 //
 // out = φ(Q)·(φ(K)ᵀV) / (φ(Q)·(φ(K)ᵀ1)), φ a random feature map whose inner products estimate
 // exp(q·k·scale), so the output approximates plain dense softmax attention in O(n·m·D) time.
-// The sums, the causal prefix sums and the scheduling are the shared feature-map driver's
-// (attention/feature_attention.h); this file supplies φ.
+// The causal mode uses prefix sums of φ(K_j)ᵀV_j, computed block-wise so the work is GEMMs, with
+// a key shift that only looks backwards (docs/ALGORITHMS.md §Performer causal shift): causal row
+// i is the non-causal estimator on keys 0…i, and depends on nothing after i.
+//
+// Determinism: every sum over sequence positions is taken over fixed-size blocks (kBlockRows,
+// and chunks of kChunkRows inside a causal block) whose partial results are combined in
+// order, and every oneDNN call runs inside the parallel region (single-threaded there), so
+// outputs do not depend on the thread count or on which thread did what.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include <omp.h>
 
 // GCC 12 warns about the deliberately undefined lanes inside its own AVX-512 reductions.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -18,10 +25,10 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <vector>
 
-#include "attention/feature_attention.h"
 #include "attention/kernels/gemm.h"
 #include "attention/kernels/vec_exp.h"
 #include "attention/npy.h"
@@ -31,16 +38,21 @@
 namespace attn {
 namespace {
 
-using feature::dot;
-using feature::HeadWork;
-using feature::kBlockRows;
 using kernels::sgemm;
 
 enum class Kernel { Softmax, Relu, Trig };
 
+// Key rows per partial sum of φ(K)ᵀV: fixed, so reductions never depend on the thread count.
+constexpr int64_t kBlockRows = 4096;
+// Causal: rows per diagonal tile (masked φ(Q_c)φ(K_c)ᵀ). Its cost per row, 2·C·(M + D), is
+// small next to the 8·M·D of the rest at C = 64 (M = 256, D = 64: 41k against 131k FLOPs).
+constexpr int64_t kChunkRows = 64;
+// Non-causal: query rows per task (one feature-map buffer of this many rows per thread).
+constexpr int64_t kQueryRows = 256;
 // ReLU kernel's additive epsilon (performer-pytorch generalized_kernel, kernel_epsilon).
 constexpr float kReluEps = 1e-3f;
 constexpr int64_t kMaxFeatures = 1 << 16;
+constexpr int64_t kMaxRun = 256;  // columns combined at once (stack buffer)
 
 // ---------------------------------------------------------------------------------------------
 // Random projection W [m, D] (docs/ALGORITHMS.md §Performer projection), generated in double.
@@ -157,6 +169,28 @@ void exp_features(float* x, int64_t n, float shift, float a, float eps) {
 #endif
 }
 
+// z[f] += Σ_r f_r[f] over `rows` rows of stride ld, in row order.
+void add_column_sums(const float* f, int64_t rows, int64_t ld, int64_t n, float* z) {
+  for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) z[i] += f[r * ld + i];
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), acc);
+  }
+  s = _mm512_reduce_add_ps(acc);
+#else
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+#endif
+  return s;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct Config {
@@ -169,7 +203,18 @@ struct Config {
   uint64_t seed = 0;
 };
 
-class Performer final : public feature::FeatureAttention {
+// One (batch, head) being processed: its inputs, φ(K) and per-block partial sums.
+struct HeadWork {
+  const float *q, *k, *v;
+  float* out;
+  FloatBuffer kf;    // φ(K) [nk, M]
+  FloatBuffer sums;  // per key block: [M·D] φ(K_b)ᵀV_b then [M] φ(K_b)ᵀ1
+  FloatBuffer bmax;  // per key block: max of u (softmax) or of ‖x'‖²/2 (trig)
+  float shift = 0;   // the (batch, head)'s key shift
+  FloatBuffer g;     // causal: per key row j, its running shift (the max over rows <= j)
+};
+
+class Performer final : public Attention {
  public:
   explicit Performer(const Config& c) : cfg_(c) {}
 
@@ -195,6 +240,9 @@ class Performer final : public feature::FeatureAttention {
     check_fits_in_memory(extra_bytes(s), "performer at " + s.str());
   }
 
+  void forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+               Tensor& out) override;
+
   // Model FLOPs (docs/ALGORITHMS.md §FLOPs): projections 2·(Nq + Nk)·m·D, φ(K)ᵀV 2·Nk·M·D, φ(Q)·S
   // 2·Nq·M·D, denominators 2·Nq·M, column sums Nk·M; M = m (2m for trig). Causal executes more: the
   // block sums again (2·n·M·D) and the masked diagonal tiles (2·n·kChunkRows·(M + D)).
@@ -204,9 +252,19 @@ class Performer final : public feature::FeatureAttention {
     return s.heads_total() * (2 * (nq + nk) * m * D + 2 * (nk + nq) * M * D + 2 * nq * M + nk * M);
   }
 
-  // The feature-map driver's φ(K), block sums and scratch (work_bytes), plus W itself.
+  // Per concurrently processed head: φ(K) and the block partial sums; per thread: the
+  // feature buffer of a query task (causal: plus the diagonal tile and the running state);
+  // plus W itself.
   double extra_bytes(const Shape& s) const override {
-    return work_bytes(s) + double(features(s.dim)) * s.dim * sizeof(float);
+    const double M = width(s.dim), D = s.dim;
+    const double blocks =
+        double(checked_add(s.nk, kBlockRows - 1, "performer key blocks") / kBlockRows);
+    const double per_head =
+        s.nk * M + blocks * (double(state_floats(s)) + 1) + (s.causal ? s.nk : 0);
+    const double per_thread = double(scratch_floats(s));
+    const double T = omp_get_max_threads();
+    const double G = s.heads_total() >= T ? T : 1;
+    return (G * per_head + T * per_thread + features(s.dim) * D) * sizeof(float);
   }
 
   // DIR/features.npy: the raw W [m, D] (rows ω), without D^(-1/4) or m^(-1/2) folded in.
@@ -234,7 +292,7 @@ class Performer final : public feature::FeatureAttention {
     if (cfg_.features) return cfg_.features;
     return std::max<int64_t>(1, int64_t(double(d) * std::log(double(d))));  // performer-pytorch
   }
-  int64_t width(int64_t d) const override {
+  int64_t width(int64_t d) const {
     return cfg_.kernel == Kernel::Trig ? 2 * features(d) : features(d);
   }
 
@@ -246,16 +304,31 @@ class Performer final : public feature::FeatureAttention {
 
   void project(const float* x, int64_t rows, int64_t d, float* f, int64_t ldf) const;
   void feature_rows(const float* x, int64_t rows, int64_t d, float* f, bool keys, float key_shift,
-                    float* block_max) const;
-  void prepare(const Shape& s) override {
-    ensure_projection(s.dim);
-    c_ = std::sqrt(s.softmax_scale());
+                    float* block_max, float* row_max = nullptr) const;
+  void key_block_pass1(const Shape& s, HeadWork& h, int64_t b) const;
+  void running_shift(const Shape& s, HeadWork& h, int64_t b) const;
+  void causal_key_features(const Shape& s, HeadWork& h, int64_t r0, int64_t rows) const;
+  void key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums,
+                       float* scratch) const;
+  void query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t rows, float* scratch) const;
+  template <class Before>
+  void accumulate_block(const Shape& s, const HeadWork& h, int64_t r0, int64_t end, Before&& before,
+                        float* sum, float* keys) const;
+  void causal_block(const Shape& s, HeadWork& h, int64_t b, const float* start,
+                    float* scratch) const;
+  void combine_blocks(const Shape& s, HeadWork& h, int64_t f) const;
+  float key_shift(const HeadWork& h, int64_t blocks) const;
+  void head_alone(const Shape& s, HeadWork& h, float* scratch) const;
+  void head_shared(const Shape& s, HeadWork& h, float* scratch, std::exception_ptr& error) const;
+  // Floats of one running state: S [M·D], z [M], and (causal) Σ v [D] for the ε term.
+  int64_t state_floats(const Shape& s) const {
+    const int64_t M = width(s.dim);
+    return M * s.dim + M + (s.causal ? s.dim : 0);
   }
-  void key_block_pass1(const Shape& s, HeadWork& h, int64_t b) const override;
-  void finish_key_block(const Shape& s, HeadWork& h, int64_t b) const override;
-  float key_shift(const HeadWork& h, int64_t blocks) const override;
-  void query_features(const float* x, int64_t rows, int64_t d, float* f) const override {
-    feature_rows(x, rows, d, f, false, 0.0f, nullptr);
+  size_t scratch_floats(const Shape& s) const {
+    const int64_t M = width(s.dim);
+    return s.causal ? size_t(2 * state_floats(s) + kChunkRows * (2 * M + kChunkRows))
+                    : size_t(kQueryRows * M);
   }
 
   Config cfg_;
@@ -274,9 +347,10 @@ void Performer::project(const float* x, int64_t rows, int64_t d, float* f, int64
 // Queries: softmax subtracts the row's own max of u; trig drops exp(‖x'‖²/2) (a per-row
 // factor, cancels in the normalization). Keys: the (batch, head)'s key_shift is subtracted
 // (max of u for softmax, max of ‖x'‖²/2 for trig). With block_max given (keys, first pass),
-// only u is computed and the block's contribution to that maximum is returned instead.
+// only u is computed and the block's contribution to that maximum is returned instead (and,
+// with row_max given, each row's own contribution).
 void Performer::feature_rows(const float* x, int64_t rows, int64_t d, float* f, bool keys,
-                             float key_shift, float* block_max) const {
+                             float key_shift, float* block_max, float* row_max) const {
   const int64_t m = features(d), M = width(d);
   project(x, rows, d, f, M);
   const float a = 1.0f / std::sqrt(float(m)), c2 = c_ * c_;
@@ -288,7 +362,9 @@ void Performer::feature_rows(const float* x, int64_t rows, int64_t d, float* f, 
     switch (cfg_.kernel) {
       case Kernel::Softmax:
         if (block_max) {
-          bmax = std::max(bmax, max_of(fr, m));
+          const float mx = max_of(fr, m);
+          bmax = std::max(bmax, mx);
+          if (row_max) row_max[r] = mx;
         } else {
           const float shift = keys ? key_shift : max_of(fr, m);
           exp_features(fr, m, shift + half_norm2(xr), a, cfg_.eps);
@@ -302,6 +378,7 @@ void Performer::feature_rows(const float* x, int64_t rows, int64_t d, float* f, 
         const float h = half_norm2(xr);
         if (block_max) {
           bmax = std::max(bmax, h);
+          if (row_max) row_max[r] = h;
           break;
         }
         const float amp = keys ? a * std::exp(h - key_shift) : a;
@@ -322,27 +399,369 @@ void Performer::key_block_pass1(const Shape& s, HeadWork& h, int64_t b) const {
   const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows;
   const int64_t rows = std::min(kBlockRows, s.nk - r0);
   float* f = h.kf.data() + r0 * M;
+  float* row_max = s.causal ? h.g.data() + r0 : nullptr;
   feature_rows(h.k + r0 * d, rows, d, f, true, 0.0f,
-               cfg_.kernel == Kernel::Relu ? nullptr : &h.bmax[b]);
+               cfg_.kernel == Kernel::Relu ? nullptr : &h.bmax[b], row_max);
+  if (row_max && cfg_.kernel == Kernel::Relu) std::fill(row_max, row_max + rows, 0.0f);
 }
 
-// Finishes φ(K) of block b (shift known now); the driver then adds its partial sums.
-void Performer::finish_key_block(const Shape& s, HeadWork& h, int64_t b) const {
+// Causal, after pass 1 of every block: turns the row maxima of block b into running maxima
+// g_j = max over rows <= j (the backward-looking key shift). Max is exact, so the result does
+// not depend on which thread did which block. ReLU features have no shift (g = 0).
+void Performer::running_shift(const Shape& s, HeadWork& h, int64_t b) const {
+  if (cfg_.kernel == Kernel::Relu) return;
+  const int64_t r0 = b * kBlockRows, end = std::min(s.nk, r0 + kBlockRows);
+  float carry = b ? max_of(h.bmax.data(), b) : -INFINITY;
+  for (int64_t r = r0; r < end; ++r) h.g[r] = carry = std::max(carry, h.g[r]);
+}
+
+// The shift of the state that holds rows < r: the running shift of row r - 1 (row 0's for r = 0,
+// where the state is still zero).
+float shift_before(const HeadWork& h, int64_t r) {
+  return h.g.data()[r > 0 ? r - 1 : 0];
+}
+
+// Causal key features of rows [r0, r0 + rows) from the stored u, each row with its own running
+// shift g_j and without ε (the ε part is added exactly in causal_block):
+// softmax m^(-1/2)·exp(u − h − g_j), trig m^(-1/2)·exp(h − g_j)·[sin u, cos u].
+void Performer::causal_key_features(const Shape& s, HeadWork& h, int64_t r0, int64_t rows) const {
+  const int64_t d = s.dim, m = features(d), M = width(d);
+  const float a = 1.0f / std::sqrt(float(m)), c2 = c_ * c_;
+  for (int64_t r = r0; r < r0 + rows; ++r) {
+    float* fr = h.kf.data() + r * M;
+    const float* x = h.k + r * d;
+    const float half_norm2 = 0.5f * c2 * dot(x, x, d);
+    if (cfg_.kernel == Kernel::Softmax) {
+      exp_features(fr, m, h.g[r] + half_norm2, a, 0.0f);
+    } else if (cfg_.kernel == Kernel::Trig) {
+      const float amp = a * std::exp(half_norm2 - h.g[r]);
+      for (int64_t i = 0; i < m; ++i) {
+        const float u = fr[i];
+        fr[i] = amp * std::sin(u), fr[m + i] = amp * std::cos(u);
+      }
+    }
+  }
+}
+
+// Finishes φ(K) of block b (shift known now) and, if wanted, its partial sums φ(K_b)ᵀV_b and
+// φ(K_b)ᵀ1.
+void Performer::key_block_pass2(const Shape& s, HeadWork& h, int64_t b, bool want_sums,
+                                float* scratch) const {
   const int64_t d = s.dim, m = features(d), M = width(d), r0 = b * kBlockRows;
   const int64_t rows = std::min(kBlockRows, s.nk - r0);
   float* f = h.kf.data() + r0 * M;
   const float* x = h.k + r0 * d;
   const float a = 1.0f / std::sqrt(float(m)), c2 = c_ * c_;
-  if (cfg_.kernel == Kernel::Softmax) {
+  if (s.causal) {
+    causal_key_features(s, h, r0, rows);
+  } else if (cfg_.kernel == Kernel::Softmax) {
     for (int64_t r = 0; r < rows; ++r)
       exp_features(f + r * M, m, h.shift + 0.5f * c2 * dot(x + r * d, x + r * d, d), a, cfg_.eps);
   } else if (cfg_.kernel == Kernel::Trig) {
     feature_rows(x, rows, d, f, true, h.shift, nullptr);
   }
+  if (!want_sums) return;
+  float* sum = h.sums.data() + b * state_floats(s);
+  if (!s.causal) {
+    sgemm(true, false, M, d, rows, 1.0f, f, M, h.v + r0 * d, d, 0.0f, sum, d);
+    std::fill(sum + M * d, sum + M * d + M, 0.0f);
+    add_column_sums(f, rows, M, M, sum + M * d);
+  } else {
+    std::fill(sum, sum + state_floats(s), 0.0f);
+    accumulate_block(
+        s, h, r0, r0 + rows, [](int64_t, int64_t) {}, sum, scratch);
+  }
+}
+
+// Non-causal output rows: φ(Q)·S / φ(Q)·z with S, z the head's totals (in sums[0]).
+void Performer::query_rows(const Shape& s, HeadWork& h, int64_t row0, int64_t rows,
+                           float* qf) const {
+  const int64_t d = s.dim, M = width(d);
+  feature_rows(h.q + row0 * d, rows, d, qf, false, 0.0f, nullptr);
+  const float* S = h.sums.data();
+  const float* z = S + M * d;
+  float* o = h.out + row0 * d;
+  sgemm(false, false, rows, d, M, 1.0f, qf, M, S, d, 0.0f, o, d);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = 1.0f / dot(qf + r * M, z, M);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) o[r * d + j] *= inv;
+  }
+}
+
+// Scales rows [c0, c0 + rows) of the causal φ(K) from their own running shifts g_j to the shift
+// `to` (>= every g_j there) into `keys`; returns φ(K) itself when every factor is 1 (the same
+// bits: multiplying by 1 is exact).
+const float* rescaled_keys(const HeadWork& h, int64_t c0, int64_t rows, int64_t M, float to,
+                           float* keys) {
+  bool all_one = true;
+  for (int64_t r = c0; r < c0 + rows; ++r) all_one = all_one && h.g.data()[r] == to;
+  const float* kf = h.kf.data() + c0 * M;
+  if (all_one) return kf;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float f = std::exp(h.g.data()[c0 + r] - to);
+#pragma omp simd
+    for (int64_t i = 0; i < M; ++i) keys[r * M + i] = kf[r * M + i] * f;
+  }
+  return keys;
+}
+
+// out = start·factor + add on the S and z parts (exactly rounded fma: the same bits in every
+// code path that folds states), out = start + add on the Σ v part.
+void fold_state(const float* start, float factor, const float* add, float* out, int64_t scaled,
+                int64_t total) {
+#pragma omp simd
+  for (int64_t i = 0; i < scaled; ++i) out[i] = std::fma(start[i], factor, add[i]);
+  for (int64_t i = scaled; i < total; ++i) out[i] = start[i] + add[i];
+}
+
+// Runs over the chunks of rows [r0, end) in order, calling before(c0, rows) for each chunk
+// and then adding the chunk to the causal state sum [M·D + M + D] of rows [r0, c0): sum holds
+// Σ_j φ(k_j)·exp(g_j − G)ᵀ v_j, Σ_j φ(k_j)·exp(g_j − G) and Σ_j v_j, G = shift_before(c0), and
+// is moved to the next chunk's G (a factor <= 1) before the chunk is added. Both the causal
+// outputs and the block sums of the team-shared path accumulate through this one loop, so a
+// block's sum has the same bits whichever path computed it. `keys`: kChunkRows·M scratch.
+template <class Before>
+void Performer::accumulate_block(const Shape& s, const HeadWork& h, int64_t r0, int64_t end,
+                                 Before&& before, float* sum, float* keys) const {
+  const int64_t d = s.dim, M = width(d);
+  for (int64_t c0 = r0; c0 < end; c0 += kChunkRows) {
+    const int64_t rows = std::min(kChunkRows, end - c0);
+    before(c0, rows);
+    const float to = shift_before(h, c0 + rows);
+    const float factor = std::exp(shift_before(h, c0) - to);
+    if (factor != 1.0f)
+#pragma omp simd
+      for (int64_t i = 0; i < M * d + M; ++i) sum[i] *= factor;
+    const float* kf = rescaled_keys(h, c0, rows, M, to, keys);
+    sgemm(true, false, M, d, rows, 1.0f, kf, M, h.v + c0 * d, d, 1.0f, sum, d);
+    add_column_sums(kf, rows, M, M, sum + M * d);
+    add_column_sums(h.v + c0 * d, rows, d, d, sum + M * d + M);
+  }
+}
+
+// Causal output rows of key block b, given start = the state of all blocks before b (at shift
+// shift_before(r0)). Row i of chunk c uses the shift g_i (docs/ALGORITHMS.md §Performer causal
+// shift): with P the state of rows < c0 at shift G = shift_before(c0),
+//   num_i = exp(G − g_i)·φ(q_i)·P_S + Σ_{c0<=j<=i} φ(q_i)·φ(k_j)·exp(g_j − g_i)·v_j +
+//   ε'·σ_i·Σ_{j<=i} v_j den_i = exp(G − g_i)·φ(q_i)·P_z + Σ_{c0<=j<=i} φ(q_i)·φ(k_j)·exp(g_j − g_i)
+//   + ε'·σ_i·(i + 1)
+// with ε' = ε·m^(-1/2) (softmax; 0 otherwise) and σ_i = Σ_f φ(q_i)_f: exactly the features
+// m^(-1/2)·(exp(u − h − g_i) + ε) for every key j <= i. Returns R (the block's own sum) in
+// scratch.
+void Performer::causal_block(const Shape& s, HeadWork& h, int64_t b, const float* start,
+                             float* scratch) const {
+  const int64_t d = s.dim, M = width(d), r0 = b * kBlockRows, state = state_floats(s);
+  const int64_t end = std::min(s.nk, r0 + kBlockRows);
+  const float eps =
+      cfg_.kernel == Kernel::Softmax ? cfg_.eps * (1.0f / std::sqrt(float(features(d)))) : 0.0f;
+  float* run = scratch;                          // R [state]
+  float* total = run + state;                    // P: start + R at the chunk's shift
+  float* qf = total + state;                     // φ(Q_c) [kChunkRows, M]
+  float* tile = qf + kChunkRows * M;             // [kChunkRows, kChunkRows]
+  float* keys = tile + kChunkRows * kChunkRows;  // rescaled φ(K_c) [kChunkRows, M]
+  std::fill(run, run + state, 0.0f);
+  accumulate_block(
+      s, h, r0, end,
+      [&](int64_t c0, int64_t rows) {
+        const float* kf = h.kf.data() + c0 * M;
+        const float* g = h.g.data() + c0;
+        const float G = shift_before(h, c0);
+        float* o = h.out + c0 * d;
+        fold_state(start, std::exp(shift_before(h, r0) - G), run, total, M * d + M, state);
+        feature_rows(h.q + c0 * d, rows, d, qf, false, 0.0f, nullptr);
+        sgemm(false, true, rows, rows, M, 1.0f, qf, M, kf, M, 0.0f, tile, kChunkRows);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* t = tile + r * kChunkRows;
+          std::fill(t + r + 1, t + rows, 0.0f);
+          for (int64_t j = 0; j < r; ++j)
+            if (g[j] != g[r]) t[j] *= std::exp(g[j] - g[r]);
+        }
+        sgemm(false, false, rows, d, rows, 1.0f, tile, kChunkRows, h.v + c0 * d, d, 0.0f, o, d);
+        float sigma[kChunkRows];
+        for (int64_t r = 0; r < rows; ++r) {
+          float* qr = qf + r * M;
+          sigma[r] = 0;
+          for (int64_t i = 0; i < M; ++i) sigma[r] += qr[i];
+          if (g[r] != G) {
+            const float f = std::exp(G - g[r]);
+#pragma omp simd
+            for (int64_t i = 0; i < M; ++i) qr[i] *= f;
+          }
+        }
+        sgemm(false, false, rows, d, M, 1.0f, qf, M, total, d, 1.0f, o, d);
+        float* vsum = total + M * d + M;  // Σ v over rows <= c0 + r, advanced row by row
+        for (int64_t r = 0; r < rows; ++r) {
+          float den = dot(qf + r * M, total + M * d, M);
+          for (int64_t j = 0; j <= r; ++j) den += tile[r * kChunkRows + j];
+          float* orow = o + r * d;
+          if (eps != 0.0f) {
+            const float* vr = h.v + (c0 + r) * d;
+            const float w = eps * sigma[r];
+            for (int64_t j = 0; j < d; ++j) vsum[j] += vr[j], orow[j] += w * vsum[j];
+            den += w * float(c0 + r + 1);
+          }
+          const float inv = 1.0f / den;
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) orow[j] *= inv;
+        }
+      },
+      run, keys);
+}
+
+// Causal: the factor that moves a state from block b's starting shift to block b + 1's.
+float block_factor(const HeadWork& h, int64_t b, int64_t nk) {
+  return std::exp(shift_before(h, b * kBlockRows) -
+                  shift_before(h, std::min(nk, (b + 1) * kBlockRows)));
+}
+
+// Folds the block sums of feature row f (f = M: the φ(K)ᵀ1 row; causal f = M + 1: the Σ v row)
+// in block order: non-causal totals into block slot 0, causal exclusive prefixes in place of
+// each slot, each moved to the next block's shift as fold_state does.
+void Performer::combine_blocks(const Shape& s, HeadWork& h, int64_t f) const {
+  const int64_t d = s.dim, M = width(d), state = state_floats(s);
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  const int64_t off = f < M ? f * d : f == M ? M * d : M * d + M, len = f == M ? M : d;
+  float* base = h.sums.data();
+  float run[kMaxRun];
+  for (int64_t j0 = 0; j0 < len; j0 += kMaxRun) {
+    const int64_t n = std::min(kMaxRun, len - j0);
+    std::fill(run, run + n, 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      float* slot = base + b * state + off + j0;
+      const bool has_sum = !s.causal || b + 1 < blocks;  // the causal last block has none
+      if (!s.causal) {
+        for (int64_t j = 0; j < n; ++j) run[j] += slot[j];
+        continue;
+      }
+      const float factor = f <= M && has_sum ? block_factor(h, b, s.nk) : 1.0f;
+      for (int64_t j = 0; j < n; ++j) {
+        const float x = has_sum ? slot[j] : 0.0f;
+        slot[j] = run[j];
+        run[j] = f <= M ? std::fma(run[j], factor, x) : run[j] + x;
+      }
+    }
+    if (!s.causal) std::copy(run, run + n, base + off + j0);
+  }
 }
 
 float Performer::key_shift(const HeadWork& h, int64_t blocks) const {
   return cfg_.kernel == Kernel::Relu ? 0.0f : max_of(h.bmax.data(), blocks);
+}
+
+// The steps of one head, each a list of independent tasks. Either one thread runs them all
+// in order (head_alone) or the team shares each step (head_shared); the arithmetic of every
+// task is the same, so both give the same bits.
+void Performer::head_alone(const Shape& s, HeadWork& h, float* scratch) const {
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  for (int64_t b = 0; b < blocks; ++b) key_block_pass1(s, h, b);
+  h.shift = key_shift(h, blocks);
+  if (s.causal)
+    for (int64_t b = 0; b < blocks; ++b) running_shift(s, h, b);
+  // Causal: block b's start is block b-1's start plus its own sum, which causal_block
+  // returns, so the block sums need no separate pass (the shared path's combine_blocks adds
+  // them in the same order).
+  for (int64_t b = 0; b < blocks; ++b) key_block_pass2(s, h, b, !s.causal, scratch);
+  if (s.causal) {
+    const int64_t state = state_floats(s), M = width(s.dim);
+    float* start = h.sums.data();
+    std::fill(start, start + state, 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      causal_block(s, h, b, start, scratch);
+      if (b + 1 == blocks) break;
+      float* next = start + state;
+      fold_state(start, block_factor(h, b, s.nk), scratch, next, M * s.dim + M, state);
+      start = next;
+    }
+  } else {
+    for (int64_t f = 0; f <= width(s.dim); ++f) combine_blocks(s, h, f);
+    for (int64_t r0 = 0; r0 < s.nq; r0 += kQueryRows)
+      query_rows(s, h, r0, std::min(kQueryRows, s.nq - r0), scratch);
+  }
+}
+
+// Runs body(i) for i in [0, n) over the team, dynamically scheduled; the first exception is
+// kept for the caller to rethrow after the parallel region.
+template <class Body>
+void parallel_tasks(int64_t n, std::exception_ptr& error, Body&& body) {
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+#pragma omp critical(performer_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+}
+
+// Called by every thread of the team.
+void Performer::head_shared(const Shape& s, HeadWork& h, float* scratch,
+                            std::exception_ptr& error) const {
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  const int64_t qtasks = (s.nq + kQueryRows - 1) / kQueryRows;
+  parallel_tasks(blocks, error, [&](int64_t b) { key_block_pass1(s, h, b); });
+#pragma omp single
+  h.shift = key_shift(h, blocks);
+  if (s.causal) parallel_tasks(blocks, error, [&](int64_t b) { running_shift(s, h, b); });
+  parallel_tasks(blocks, error, [&](int64_t b) {
+    key_block_pass2(s, h, b, !s.causal || b + 1 < blocks, scratch);
+  });
+  parallel_tasks(width(s.dim) + 1 + (s.causal ? 1 : 0), error,
+                 [&](int64_t f) { combine_blocks(s, h, f); });
+  if (s.causal) {
+    parallel_tasks(blocks, error, [&](int64_t b) {
+      causal_block(s, h, b, h.sums.data() + b * state_floats(s), scratch);
+    });
+  } else {
+    parallel_tasks(qtasks, error, [&](int64_t t) {
+      const int64_t r0 = t * kQueryRows;
+      query_rows(s, h, r0, std::min(kQueryRows, s.nq - r0), scratch);
+    });
+  }
+}
+
+void Performer::forward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                        Tensor& out) {
+  const int64_t d = s.dim, M = width(d);
+  ensure_projection(d);
+  c_ = std::sqrt(s.softmax_scale());
+  const int64_t heads = s.heads_total(), threads = omp_get_max_threads();
+  const int64_t blocks = (s.nk + kBlockRows - 1) / kBlockRows;
+  // Enough heads at once to occupy every thread and no more: memory is per head. With at
+  // least as many heads as threads each thread takes whole heads (no barriers, which cost a
+  // scheduler slice each on a busy machine); otherwise the team shares one head at a time.
+  const bool alone = heads >= threads;
+  std::vector<HeadWork> work(alone ? threads : 1);
+  for (auto& w : work) {
+    w.kf = FloatBuffer(size_t(s.nk) * M);
+    w.sums = FloatBuffer(size_t(blocks) * size_t(state_floats(s)));
+    w.bmax = FloatBuffer(size_t(blocks));
+    if (s.causal) w.g = FloatBuffer(size_t(s.nk));
+  }
+  auto bind = [&](HeadWork& w, int64_t bh) {
+    const int64_t b = bh / s.heads, hh = bh % s.heads;
+    w.q = q.head(b, hh), w.k = k.head(b, hh), w.v = v.head(b, hh), w.out = out.head(b, hh);
+  };
+  std::exception_ptr error;
+#pragma omp parallel
+  {
+    FloatBuffer scratch(scratch_floats(s));
+    if (alone) {
+      HeadWork& w = work[omp_get_thread_num()];
+      parallel_tasks(heads, error, [&](int64_t bh) {
+        bind(w, bh);
+        head_alone(s, w, scratch.data());
+      });
+    } else {
+      for (int64_t bh = 0; bh < heads; ++bh) {
+#pragma omp single
+        bind(work[0], bh);
+        head_shared(s, work[0], scratch.data(), error);
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 Config parse_config(const Params& p) {
@@ -377,6 +796,10 @@ VariantInfo performer_variant() {
       "Performer / FAVOR+ random-feature attention (arXiv:2009.14794): approximates plain dense "
       "softmax attention by φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) with m random features; causal by "
       "block-wise prefix sums. O(n·m·D) time, extra memory O(n·m + m·D) per concurrent head. "
+      "Causal key stabilizer: row i shifts by the running max over keys j <= i, so causal row i "
+      "is the non-causal estimator on keys 0..i and strictly causal; performer-pytorch (and the "
+      "JAX/TF code) shift by the max over all keys, which with eps > 0 leaks future keys into "
+      "earlier rows, so attnbench's causal outputs differ from theirs there. "
       "The random matrix W [m, D] (raw rows ω, no D^-1/4 or m^-1/2 folded in) is exported / "
       "imported as DIR/features.npy by `apply --random-out/--random-in`.",
       {{"features", K::Text, "auto",

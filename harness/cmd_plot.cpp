@@ -70,7 +70,8 @@ int cmd_plot(const Args& args) {
   int64_t n = 0;
   po::options_description opts(
       "attnbench plot DIR [--n N]: writes time_vs_n, memory_vs_n, error_vs_n, speed_vs_error "
-      "(and posenc_memory when DIR/posenc.json exists) as PNG and SVG into DIR");
+      "(and posenc_memory when DIR/posenc.json exists, recall_vs_gap and recall_heatmap when "
+      "DIR has rows of the recall distribution) as PNG and SVG into DIR");
   opts.add_options()("help,h", "this help")(
       "n", po::value(&n)->default_value(0),
       "sequence length of the speed-vs-error plot (0: the largest n where at least half of "

@@ -26,6 +26,9 @@ enum Stream : uint64_t {
   kAssignK,
   kFrequency = 20,
   kPhase,
+  kRecallKey = 30,
+  kRecallValue,
+  kRecallPlace,
 };
 
 using Params = std::map<std::string, std::string>;
@@ -179,6 +182,163 @@ Inputs make_peaked(const attn::Shape& s, const std::string& dist, const Params& 
   return in;
 }
 
+// ---------------------------------------------------------------------------------------------
+// recall: planted key-value pairs among distractors (docs/ALGORITHMS.md §Recall inputs).
+
+struct RecallConfig {
+  int64_t pairs = 32;
+  double beta = 12, noise = 1, power = 0.01;
+  std::string gap = "power";  // power | depth | a fixed gap
+  int64_t fixed_gap = 0;
+};
+
+RecallConfig recall_config(const attn::Shape& s, const std::string& dist, const Params& p) {
+  RecallConfig c;
+  const double pairs = number_param(dist, p, "pairs", 32);
+  if (pairs != std::floor(pairs) || pairs > 1e6) bad_dist(dist, "pairs must be a positive integer");
+  c.pairs = int64_t(pairs);
+  c.beta = number_param(dist, p, "beta", 12);
+  if (c.beta > 80)
+    bad_dist(dist, "beta must be <= 80 (the planted logit; exp(80) is near fp32's limit)");
+  c.noise = number_param(dist, p, "noise", 1, true);
+  c.power = number_param(dist, p, "power", 0.01);
+  if (c.power > 1) bad_dist(dist, "power must be in (0, 1] (gap density ∝ g^(power−1))");
+  if (auto it = p.find("gap"); it != p.end()) c.gap = it->second;
+  if (c.gap != "power" && c.gap != "depth") {
+    char* end = nullptr;
+    const long long g = std::strtoll(c.gap.c_str(), &end, 10);
+    if (c.gap.empty() || *end != '\0' || g < 1)
+      bad_dist(dist,
+               "gap='" + c.gap + "' must be power, depth or a positive integer (a fixed gap)");
+    if (g >= s.nk)
+      bad_dist(dist, "gap=" + c.gap + " needs n > gap, got n = " + std::to_string(s.nk));
+    c.fixed_gap = g;
+  }
+  if (s.nq != s.nk) bad_dist(dist, "needs Nq = Nk (queries re-occur keys of the same sequence)");
+  const int64_t room = c.gap == "depth" ? 2 : 4;
+  if (room * c.pairs > s.nk)
+    bad_dist(dist, "pairs=" + std::to_string(c.pairs) + " needs n >= " + std::to_string(room) +
+                       "·pairs, got n = " + std::to_string(s.nk));
+  return c;
+}
+
+// `count` unit vectors of dimension d for head bh from stream `base`: orthonormal (Gram-Schmidt
+// in fp64) when count <= d, independent random directions otherwise.
+std::vector<double> unit_vectors(uint64_t base, int64_t bh, int64_t count, int64_t d) {
+  std::vector<double> u(count * d);
+  for (int64_t e = 0; e < count * d; ++e) u[e] = normal_at(base, uint64_t(bh * count * d + e));
+  for (int64_t p = 0; p < count; ++p) {
+    double* x = &u[p * d];
+    for (int64_t q = 0; q < p && count <= d; ++q) {
+      const double* y = &u[q * d];
+      double dot = 0;
+      for (int64_t e = 0; e < d; ++e) dot += x[e] * y[e];
+      for (int64_t e = 0; e < d; ++e) x[e] -= dot * y[e];
+    }
+    double norm = 0;
+    for (int64_t e = 0; e < d; ++e) norm += x[e] * x[e];
+    norm = std::sqrt(norm);
+    for (int64_t e = 0; e < d; ++e) x[e] = norm > 0 ? x[e] / norm : (e == p % d ? 1.0 : 0.0);
+  }
+  return u;
+}
+
+// A gap in [1, max_gap] with density ∝ g^(a−1) (MQAR's power law, arXiv:2312.04927), by the
+// inverse CDF of the continuous law on [1, max_gap + 1).
+int64_t power_gap(double u, double a, int64_t max_gap) {
+  const double top = std::pow(double(max_gap) + 1, a);
+  const double g = std::floor(std::pow(1 + u * (top - 1), 1 / a));
+  return std::clamp<int64_t>(int64_t(g), 1, max_gap);
+}
+
+constexpr int64_t kPlaceAttempts = 1000;
+
+// The query rows of head bh: `depth` puts the queries on the last P rows and the keys on a grid
+// of depths p/(P−1) over the rows before them; otherwise each pair draws a gap (power law or
+// fixed) and a query row uniformly in [gap, n), rejecting rows already used.
+std::vector<RecallQuery> place_pairs(const RecallConfig& c, int64_t n, uint64_t base, int64_t bh,
+                                     const std::string& dist) {
+  std::vector<RecallQuery> out;
+  const int64_t P = c.pairs;
+  if (c.gap == "depth") {
+    const int64_t span = n - P;  // keys in [0, span), queries in [span, n)
+    for (int64_t p = 0; p < P; ++p) {
+      const double depth = P > 1 ? double(p) / double(P - 1) : 0.5;
+      out.push_back({span + p, int64_t(std::llround(depth * double(span - 1))), p, depth});
+    }
+    return out;
+  }
+  std::vector<char> used(n, 0);
+  for (int64_t p = 0; p < P; ++p) {
+    bool placed = false;
+    for (int64_t attempt = 0; attempt < kPlaceAttempts && !placed; ++attempt) {
+      const uint64_t idx = uint64_t((bh * P + p) * kPlaceAttempts + attempt);
+      const double u1 = unit(splitmix64(base + 2 * idx)), u2 = unit(splitmix64(base + 2 * idx + 1));
+      const int64_t g = c.fixed_gap ? c.fixed_gap : power_gap(u1, c.power, n - 1);
+      const int64_t row = g + std::min<int64_t>(n - g - 1, int64_t(u2 * double(n - g)));
+      const int64_t key = row - g;
+      if (used[row] || used[key]) continue;
+      used[row] = used[key] = 1, placed = true;
+      out.push_back({row, key, p, n > 1 ? double(key) / double(n - 1) : 0.0});
+    }
+    if (!placed)
+      bad_dist(dist, "cannot place " + std::to_string(P) + " pairs in n = " + std::to_string(n) +
+                         " tokens; use fewer pairs");
+  }
+  std::sort(out.begin(), out.end(),
+            [](const RecallQuery& a, const RecallQuery& b) { return a.row < b.row; });
+  return out;
+}
+
+RecallProbe build_probe(const attn::Shape& s, const RecallConfig& c, const std::string& dist,
+                        uint64_t seed) {
+  RecallProbe probe;
+  probe.pairs = c.pairs, probe.beta = c.beta;
+  const int64_t heads = s.heads_total(), P = c.pairs, D = s.dim;
+  probe.codebook.resize(size_t(heads * P * D));
+  const uint64_t place = stream_base(seed, kRecallPlace), values = stream_base(seed, kRecallValue);
+  for (int64_t bh = 0; bh < heads; ++bh) {
+    probe.queries.push_back(place_pairs(c, s.nk, place, bh, dist));
+    const std::vector<double> cb = unit_vectors(values, bh, P, D);
+    std::transform(cb.begin(), cb.end(), probe.codebook.begin() + bh * P * D,
+                   [](double x) { return float(x); });
+  }
+  return probe;
+}
+
+// Every token is a distractor with k = q = t·N(0, I) (logit against a planted query
+// ~ N(0, noise²)) and v ~ N(0, I/D); planted key rows get k = q = r·κ_p, v = c_p; query rows
+// get q = r·κ_p. r² · scale = beta, so the planted logit is beta (docs/ALGORITHMS.md §Recall
+// inputs).
+Inputs make_recall(const attn::Shape& s, const std::string& dist, const Params& p, uint64_t seed) {
+  const RecallConfig c = recall_config(s, dist, p);
+  const RecallProbe probe = build_probe(s, c, dist, seed);
+  const double scale = s.softmax_scale(), r = std::sqrt(c.beta / scale);
+  const float t = float(c.noise / (scale * r)), vs = float(1 / std::sqrt(double(s.dim)));
+  Inputs in = empty_inputs(s);
+  fill_gaussian(in.k, seed, kK);
+  fill_gaussian(in.v, seed, kV);
+  float *q = in.q.data(), *k = in.k.data(), *v = in.v.data();
+  const int64_t size = in.k.size(), D = s.dim, P = c.pairs;
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < size; ++e) k[e] *= t, q[e] = k[e], v[e] *= vs;
+  const uint64_t keys = stream_base(seed, kRecallKey);
+  for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
+    const std::vector<double> kappa = unit_vectors(keys, bh, P, D);
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    float *qh = in.q.head(b, h), *kh = in.k.head(b, h), *vh = in.v.head(b, h);
+    for (const RecallQuery& rq : probe.queries[bh])
+      for (int64_t e = 0; e < D; ++e) {
+        const float x = float(r * kappa[rq.pair * D + e]);
+        qh[rq.key * D + e] = kh[rq.key * D + e] = qh[rq.row * D + e] = x;
+        vh[rq.key * D + e] = probe.codebook[(bh * P + rq.pair) * D + e];
+      }
+  }
+  return in;
+}
+
+const std::vector<std::string> kRecallKeys = {"pairs", "beta", "noise", "gap", "power"};
+
 std::string dims(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
@@ -239,8 +399,17 @@ Inputs make_inputs(const attn::Shape& s, const std::string& dist, uint64_t seed)
   if (name == "local") return make_local(s, dist, parse_params(dist, rest, {"width"}), seed);
   if (name == "peaked")
     return make_peaked(s, dist, parse_params(dist, rest, {"temperature"}), seed);
+  if (name == "recall") return make_recall(s, dist, parse_params(dist, rest, kRecallKeys), seed);
   if (name == "npy") bad_dist(dist, "npy needs a directory, e.g. npy:data/inputs");
   bad_dist(dist, "unknown distribution '" + name + "'");
+}
+
+std::optional<RecallProbe> recall_probe(const attn::Shape& s, const std::string& dist,
+                                        uint64_t seed) {
+  const size_t colon = dist.find(':');
+  if (dist.substr(0, colon) != "recall") return std::nullopt;
+  const std::string rest = colon == std::string::npos ? "" : dist.substr(colon + 1);
+  return build_probe(s, recall_config(s, dist, parse_params(dist, rest, kRecallKeys)), dist, seed);
 }
 
 const std::vector<DistInfo>& distributions() {
@@ -264,6 +433,22 @@ const std::vector<DistInfo>& distributions() {
        "near one-hot softmax rows (the max probability is close to 1): hard for random-feature "
        "kernels (Performer) whose estimates of exp(q·k) degrade with large logits; exact and "
        "top-k-like methods are unaffected."},
+      {"recall", "recall[:pairs=32,beta=12,noise=1,gap=power|depth|G,power=0.01]",
+       "associative recall (MQAR, arXiv:2312.04927; needle in a haystack): per head, P key-value "
+       "pairs planted among distractor tokens. Keys are unit vectors κ_p (orthonormal when P <= "
+       "D) times r with r²·scale = beta, so a query's logit on its planted key is beta; against "
+       "a distractor it is ~ N(0, noise²), against other planted keys 0. Values of planted keys "
+       "are codebook unit vectors c_p (orthonormal when P <= D), distractor values N(0, I/D). "
+       "Each pair's query row re-occurs κ_p at gap g after its key: gap=power draws g with "
+       "density ∝ g^(power−1) (MQAR's law), gap=G fixes it, gap=depth puts the queries on the "
+       "last P rows and the keys on a grid of depths 0..1 (needle in a haystack). Distractor "
+       "tokens have q = k. `run`/`sweep` then report recall@1, cosine to c_p and the attention "
+       "mass on the planted key, binned by gap and depth.",
+       "retrieval of one key far back: exact attention puts mass e^beta/(e^beta + ~1.6·n) on it "
+       "(0.86 at n = 16384, default beta) and recalls every pair. Fixed windows lose every pair "
+       "whose gap exceeds their reach (recall falls to chance 1/P); global tokens and random "
+       "blocks help only by luck; hashing must bucket query and key together; random features "
+       "must resolve one logit of beta among n of ~0."},
       {"npy", "npy:DIR",
        "DIR/q.npy, DIR/k.npy, DIR/v.npy (float32/float64, C order) shaped [B,H,N,D], or "
        "[H,N,D] when B = 1, or [N,D] when B = H = 1; must match the requested shape; the "

@@ -8,6 +8,9 @@ writes PNG and SVG files into DIR:
   error_vs_n       relative error vs the fp64 reference vs n, one panel per input distribution
   speed_vs_error   time vs error at one n, one point per variant, Pareto front marked
   posenc_memory    parameter memory vs n per positional encoding (only with posenc.json)
+  recall_vs_gap    recall@1 vs the gap between query and planted key, one line per variant
+                   (only with rows of the `recall` distribution)
+  recall_heatmap   recall@1 over (n, needle depth), one panel per variant (recall rows)
 Rows whose status is not "ok" (skipped cases) are ignored. Exit 1 with a message on error.
 """
 import argparse
@@ -549,6 +552,91 @@ def plot_posenc(prows, directory, written):
     save(fig, directory, "posenc_memory", written)
 
 
+# ---------------------------------------------------------------- (6) recall
+
+def recall_rows(rows):
+    return [r for r in rows if str(r["dist"]).startswith("recall")
+            and isinstance(r.get("recall"), (int, float))]
+
+
+def pooled_bins(rows, field):
+    """{(lo, hi): recall} pooled over rows (weighted by their query rows)."""
+    hits, count = defaultdict(float), defaultdict(float)
+    for r in rows:
+        for b in r.get(field) or []:
+            if isinstance(b, list) and len(b) == 4 and b[2] > 0:
+                hits[(b[0], b[1])] += b[2] * b[3]
+                count[(b[0], b[1])] += b[2]
+    return {k: hits[k] / count[k] for k in sorted(count)}
+
+
+def plot_recall_gap(rows, context, styles, directory, written):
+    """(6a): recall@1 vs gap, pooled over n and seeds; depth-grid inputs left out when others
+    exist (their gaps are all large)."""
+    sel = [r for r in rows if "gap=depth" not in r["dist"]] or rows
+    fields = varying_fields(sel)
+    panels = causal_panels(sel)
+    fig, axes = make_panels(len(panels))
+    for ax, (causal, title) in zip(axes, panels):
+        lines = defaultdict(list)
+        for r in sel:
+            if r["causal"] == causal:
+                lines[line_key(r, fields)].append(r)
+        for key, group in sorted(lines.items()):
+            bins = pooled_bins(group, "recall_by_gap")
+            if not bins:
+                continue
+            xs = [math.sqrt(lo * hi) for lo, hi in bins]
+            ax.plot(xs, list(bins.values()), label=line_label(key, fields), lw=1.6,
+                    **styles(key[0]))
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(human_n))
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("gap between query and planted key (tokens, log2 bins)")
+        ax.set_ylabel("recall@1 (nearest codebook value is the planted one)")
+        ax.set_title(title)
+    dists = sorted({r["dist"] for r in sel})
+    fig.suptitle("Associative recall vs gap (pooled over n and seeds; chance = 1/pairs)\n"
+                 + context_line(context, sel, ", ".join(dists)), fontsize=10)
+    legend_outside(fig, axes)
+    fig.tight_layout()
+    save(fig, directory, "recall_vs_gap", written)
+
+
+def plot_recall_heatmap(rows, context, directory, written):
+    """(6b): recall@1 per (n, depth bin), one panel per variant spec (and mask)."""
+    sel = [r for r in rows if "gap=depth" in r["dist"]] or rows
+    panels = sorted({(r["spec"], r["causal"]) for r in sel})
+    fig, axes = grid(len(panels), width=4.2, height=3.6)
+    image = None
+    for ax, (spec, causal) in zip(axes, panels):
+        group = [r for r in sel if r["spec"] == spec and r["causal"] == causal]
+        ns = sorted({r["n"] for r in group})
+        depths = sorted({(b[0], b[1]) for r in group for b in r.get("recall_by_depth") or []})
+        cells = [[math.nan] * len(ns) for _ in depths]
+        for j, n in enumerate(ns):
+            bins = pooled_bins([r for r in group if r["n"] == n], "recall_by_depth")
+            for i, d in enumerate(depths):
+                cells[i][j] = bins.get(d, math.nan)
+        image = ax.imshow(cells, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(ns)), [human_n(n) for n in ns])
+        ax.set_yticks(range(len(depths)), [f"{lo:.1f}" for lo, _ in depths])
+        for i in range(len(depths)):
+            for j in range(len(ns)):
+                if not math.isnan(cells[i][j]):
+                    ax.text(j, i, f"{cells[i][j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if cells[i][j] < 0.6 else "black")
+        ax.set_xlabel("sequence length n")
+        ax.set_ylabel("needle depth (0 = first token)")
+        ax.set_title(spec + (" (causal)" if causal else ""), fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="recall@1")
+    fig.suptitle("Needle in a haystack: recall@1 over (n, depth of the planted key)\n"
+                 + context_line(context, sel), fontsize=10)
+    save(fig, directory, "recall_heatmap", written)
+
+
 # ---------------------------------------------------------------- main
 
 def main():
@@ -577,6 +665,10 @@ def main():
     plot_pareto(rows, context, styles, args.dir, written, args.n)
     if posenc:
         plot_posenc(posenc, args.dir, written)
+    recall = recall_rows(rows)
+    if recall:
+        plot_recall_gap(recall, context, styles, args.dir, written)
+        plot_recall_heatmap(recall, context, args.dir, written)
     for path in written:
         print(f"wrote {path}")
     print(f"(speed_vs_error at n = {args.n})")

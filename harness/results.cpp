@@ -72,6 +72,20 @@ json number_or_null(bool ok, double v) {
   return ok ? json(v) : json(nullptr);
 }
 
+json optional_number(bool ok, const std::optional<double>& v) {
+  return ok && v ? json(*v) : json(nullptr);
+}
+
+std::optional<double> read_optional(const json& j, const char* key) {
+  if (j.contains(key) && j[key].is_number()) return j[key].get<double>();
+  return std::nullopt;
+}
+
+std::vector<std::array<double, 4>> read_bins(const json& j, const char* key) {
+  if (!j.contains(key) || !j[key].is_array()) return {};
+  return j[key].get<std::vector<std::array<double, 4>>>();
+}
+
 // JSON has no NaN: nlohmann writes it as null, so a null metric of an ok row reads back as NaN
 // (a resumed sweep must not turn a NaN error into 0).
 double get_number(const json& j, const char* key) {
@@ -142,6 +156,13 @@ json to_json(const Row& r) {
   j["coverage"] = ok && r.coverage ? json(*r.coverage) : json(nullptr);
   j["ref_rows"] = ok ? json(r.ref_rows) : json(nullptr);
   j["reference"] = ok ? json(r.reference) : json(nullptr);
+  j["err_vs_mean"] = optional_number(ok, r.err_vs_mean);
+  j["recall"] = optional_number(ok, r.recall);
+  j["recall_cosine"] = optional_number(ok, r.recall_cosine);
+  j["planted_mass"] = optional_number(ok, r.planted_mass);
+  j["planted_mass_variant"] = optional_number(ok, r.planted_mass_variant);
+  j["recall_by_gap"] = ok ? json(r.recall_by_gap) : json::array();
+  j["recall_by_depth"] = ok ? json(r.recall_by_depth) : json::array();
   return j;
 }
 
@@ -216,6 +237,13 @@ Row row_from_json(const json& j) {
     r.ref_rows = j.value("ref_rows", "");
     if (j.contains("reference") && j["reference"].is_string())
       r.reference = j["reference"].get<std::string>();
+    r.err_vs_mean = read_optional(j, "err_vs_mean");
+    r.recall = read_optional(j, "recall");
+    r.recall_cosine = read_optional(j, "recall_cosine");
+    r.planted_mass = read_optional(j, "planted_mass");
+    r.planted_mass_variant = read_optional(j, "planted_mass_variant");
+    r.recall_by_gap = read_bins(j, "recall_by_gap");
+    r.recall_by_depth = read_bins(j, "recall_by_depth");
     return r;
   } catch (const json::exception& e) {
     throw attn::RuntimeError(std::string("malformed result row: ") + e.what());
@@ -261,7 +289,8 @@ std::string csv_header() {
   return "key,variant,spec,batch,heads,n,dim,causal,dist,seed,posenc,threads,reps,status,"
          "time_ms_median,time_ms_min,time_ms_max,time_cv,time_ms_reps,gflops,pct_ceiling,"
          "mem_peak_bytes,mem_allocs,extra_bytes,rss_peak_bytes,rel_err,max_abs_err,cosine,"
-         "coverage,ref_rows,reference";
+         "coverage,ref_rows,reference,err_vs_mean,recall,recall_cosine,planted_mass,"
+         "planted_mass_variant";
 }
 
 std::string csv_line(const Row& r) {
@@ -271,7 +300,7 @@ std::string csv_line(const Row& r) {
     << csv_field(r.dist) << ',' << r.seed << ',' << csv_field(r.posenc) << ',' << r.threads << ','
     << r.reps << ',' << csv_field(r.status);
   if (!r.ok()) {
-    s << std::string(17, ',');  // no metrics
+    s << std::string(22, ',');  // no metrics
     return s.str();
   }
   std::string reps;
@@ -285,6 +314,9 @@ std::string csv_line(const Row& r) {
     << num(r.rss_peak_bytes) << ',' << num(r.rel_err) << ',' << num(r.max_abs_err) << ','
     << num(r.cosine) << ',' << (r.coverage ? num(*r.coverage) : "") << ',' << r.ref_rows << ','
     << csv_field(r.reference);
+  for (const auto* v :
+       {&r.err_vs_mean, &r.recall, &r.recall_cosine, &r.planted_mass, &r.planted_mass_variant})
+    s << ',' << (*v ? num(**v) : "");
   return s.str();
 }
 
@@ -357,6 +389,9 @@ void print_row(const Row& r) {
         r.spec.c_str(), (long long)r.n, r.time_ms_median, 100 * r.time_cv, r.gflops, r.pct_ceiling,
         r.mem_peak_bytes / (1 << 20), r.extra_bytes / (1 << 20), (long long)r.mem_allocs, r.rel_err,
         r.max_abs_err, r.cosine, cov.c_str(), r.ref_rows.c_str());
+    if (r.recall)
+      std::printf("%-34s        recall@1 %.3f, cosine to planted value %.3f\n", "", *r.recall,
+                  r.recall_cosine.value_or(0));
   }
   std::fflush(stdout);
 }

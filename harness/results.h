@@ -1,6 +1,7 @@
 // One row per measured case, the run context, and the result files (results/README.md).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -32,6 +33,12 @@ struct Row {
   std::optional<double> coverage;
   std::string ref_rows;   // "all" or "<k> sampled"
   std::string reference;  // "dense", or the variant's dense counterpart it is scored against
+  std::optional<double> err_vs_mean;  // ‖O − R‖ / ‖R − mean of visible V‖ (older files: none)
+  // Recall inputs only (harness/accuracy.h RecallScore): recall@1, cosine to the planted
+  // value, planted-key mass (exact softmax; the variant's renormalized over its visited keys),
+  // and recall per gap / depth bin as [lo, hi, rows, recall].
+  std::optional<double> recall, recall_cosine, planted_mass, planted_mass_variant;
+  std::vector<std::array<double, 4>> recall_by_gap, recall_by_depth;
 
   bool ok() const { return status == "ok"; }
 };

@@ -612,11 +612,25 @@ class Sweep {
                                       cp.own ? &cp.mask : nullptr);
       r.reference = cp.name;
       r.ref_rows = ref.all_rows ? "all" : std::to_string(ref.rows.size()) + " sampled";
+      r.err_vs_mean = acc.err_vs_mean;
+      if (const auto probe = recall_probe(c.shape, c.dist, c.seed)) score_recall(c, cp, *probe, r);
     }
     done_[r.key] = r;
     ++finished_;
     if (opt_.on_row) opt_.on_row(r);
     write();
+  }
+
+  // Recall figures of the current case on a `recall` input (docs/ALGORITHMS.md §Recall metrics).
+  void score_recall(const Case& c, const Counterpart& cp, const RecallProbe& probe, Row& r) const {
+    const RecallScore rs = measure_recall(*attn_, c.shape, in_->q, cp.own ? cp.keys : in_->k, *out_,
+                                          probe, cp.own ? &cp.mask : nullptr);
+    r.recall = rs.recall, r.recall_cosine = rs.cosine, r.planted_mass = rs.mass_exact;
+    r.planted_mass_variant = rs.mass_variant;
+    for (const RecallBin& b : rs.by_gap)
+      r.recall_by_gap.push_back({b.lo, b.hi, double(b.rows), b.recall});
+    for (const RecallBin& b : rs.by_depth)
+      r.recall_by_depth.push_back({b.lo, b.hi, double(b.rows), b.recall});
   }
 
   void show_progress(const Case& c) {

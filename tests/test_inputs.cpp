@@ -23,9 +23,16 @@ bool same_inputs(const Inputs& a, const Inputs& b) {
   return bit_identical(a.q, b.q) && bit_identical(a.k, b.k) && bit_identical(a.v, b.v);
 }
 
-const std::vector<std::string> kGenerated = {
-    "gaussian",      "clustered", "clustered:clusters=3,noise=0.2", "local",
-    "local:width=4", "peaked",    "peaked:temperature=0.2"};
+const std::vector<std::string> kGenerated = {"gaussian",
+                                             "clustered",
+                                             "clustered:clusters=3,noise=0.2",
+                                             "local",
+                                             "local:width=4",
+                                             "peaked",
+                                             "peaked:temperature=0.2",
+                                             "recall:pairs=8",
+                                             "recall:gap=depth,pairs=8",
+                                             "recall:gap=5,pairs=4,beta=3"};
 
 TEST(Inputs, DeterministicAndThreadCountIndependent) {
   for (const auto& d : attnbench::distributions()) {  // every generated one is covered below

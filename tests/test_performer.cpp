@@ -81,53 +81,58 @@ std::vector<double> phi(const float* x, int64_t d, const std::vector<double>& w,
   return out;
 }
 
-// The key shift of one head: max over keys and features of u (softmax), max of ‖x'‖²/2 (trig).
-double key_shift(const float* k, int64_t n, int64_t d, const std::vector<double>& w, int64_t m,
-                 Kind kind) {
+// The shift contribution of key row x: max over features of u (softmax), ‖x'‖²/2 (trig), 0 (relu).
+double row_shift(const float* x, int64_t d, const std::vector<double>& w, int64_t m, Kind kind) {
   const double c = std::pow(double(d), -0.25);
   double mx = -INFINITY;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* x = k + t * d;
-    if (kind == Kind::Trig) {
-      double h = 0;
-      for (int64_t j = 0; j < d; ++j) h += 0.5 * (c * x[j]) * (c * x[j]);
-      mx = std::max(mx, h);
-    } else {
-      for (int64_t f = 0; f < m; ++f) {
-        double s = 0;
-        for (int64_t j = 0; j < d; ++j) s += w[f * d + j] * c * x[j];
-        mx = std::max(mx, s);
-      }
-    }
+  if (kind == Kind::Relu) return 0.0;
+  if (kind == Kind::Trig) {
+    double h = 0;
+    for (int64_t j = 0; j < d; ++j) h += 0.5 * (c * x[j]) * (c * x[j]);
+    return h;
   }
-  return kind == Kind::Relu ? 0.0 : mx;
+  for (int64_t f = 0; f < m; ++f) {
+    double s = 0;
+    for (int64_t j = 0; j < d; ++j) s += w[f * d + j] * c * x[j];
+    mx = std::max(mx, s);
+  }
+  return mx;
 }
 
-// FAVOR in fp64 with explicit (masked) weights φ(q_i)·φ(k_j): independent of the prefix-sum
-// and blocking structure the implementation uses. `cancellation`, if given, receives per row
-// Σ_j |p_ij| / |Σ_j p_ij|: 1 for the positive kernels; for trig, whose weights take both
-// signs, how much fp32 rounding in the sums is amplified by the division.
+// FAVOR in fp64 with explicit (masked) weights φ(q_i)·φ_i(k_j): independent of the prefix-sum
+// and blocking structure the implementation uses. The key shift of row i is the max of
+// row_shift over all keys (non-causal) or over keys j <= i (causal, docs/ALGORITHMS.md
+// §Performer causal shift); φ_i(k_j) = φ(k_j at shift 0, no ε)·exp(−shift_i) + ε·m^(-1/2).
+// `cancellation`, if given, receives per row Σ_j |p_ij| / |Σ_j p_ij|: 1 for the positive
+// kernels; for trig, whose weights take both signs, how much fp32 rounding in the sums is
+// amplified by the division.
 std::vector<double> favor_fp64(const Shape& s, const attnbench::Inputs& in,
                                const std::vector<double>& w, int64_t m, Kind kind, double eps,
                                std::vector<double>* cancellation = nullptr) {
   const int64_t d = s.dim;
+  const double eps_k = kind == Kind::Softmax ? eps / std::sqrt(double(m)) : 0.0;
   std::vector<double> out(size_t(s.heads_total() * s.nq * d));
   if (cancellation) cancellation->assign(size_t(s.heads_total() * s.nq), 1.0);
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h) {
       const float *q = in.q.head(b, h), *k = in.k.head(b, h), *v = in.v.head(b, h);
-      const double shift = key_shift(k, s.nk, d, w, m, kind);
+      std::vector<double> shift(s.nk);
+      for (int64_t j = 0; j < s.nk; ++j) shift[j] = row_shift(k + j * d, d, w, m, kind);
+      for (int64_t j = 1; j < s.nk; ++j) shift[j] = std::max(shift[j], shift[j - 1]);
       std::vector<std::vector<double>> kf;
-      for (int64_t j = 0; j < s.nk; ++j)
-        kf.push_back(phi(k + j * d, d, w, m, kind, eps, true, shift));
+      for (int64_t j = 0; j < s.nk; ++j) kf.push_back(phi(k + j * d, d, w, m, kind, 0, true, 0));
       double* o = out.data() + (b * s.heads + h) * s.nq * d;
       for (int64_t i = 0; i < s.nq; ++i) {
         const auto qf = phi(q + i * d, d, w, m, kind, eps, false, 0);
-        double den = 0, magnitude = 0;
+        double qsum = 0;
+        for (double x : qf) qsum += x;
         const int64_t last = s.causal ? i : s.nk - 1;
+        const double scale = std::exp(-shift[last]);
+        double den = 0, magnitude = 0;
         for (int64_t j = 0; j <= last; ++j) {
           double p = 0;
           for (size_t f = 0; f < qf.size(); ++f) p += qf[f] * kf[j][f];
+          p = p * scale + eps_k * qsum;
           den += p, magnitude += std::abs(p);
           for (int64_t e = 0; e < d; ++e) o[i * d + e] += p * v[j * d + e];
         }
@@ -336,7 +341,8 @@ TEST(Performer, BitIdenticalForOneAndTwoThreads) {
   }
 }
 
-// With eps = 0 the global key shift cancels, so row i cannot see keys or values after i.
+// Row i cannot see keys or values after i (with eps = 0 here; tests/test_causality.cpp checks
+// the default eps bit for bit).
 TEST(Performer, CausalRowsIgnoreTheFuture) {
   const Shape s{1, 1, 300, 300, 32, true};
   auto in = random_inputs(s, 8);
@@ -347,6 +353,32 @@ TEST(Performer, CausalRowsIgnoreTheFuture) {
   Tensor after = run_variant(spec, s, in);
   for (int64_t i = 0; i < cut * s.dim; ++i)
     EXPECT_NEAR(after.data()[i], before.data()[i], 1e-5 * (1 + std::abs(before.data()[i])));
+}
+
+// docs/ALGORITHMS.md §Performer causal shift: causal row i is the non-causal estimator on keys
+// 0…i (the default eps, so the shift matters), for the softmax and trig kernels.
+TEST(Performer, CausalRowIsTheNonCausalEstimatorOnItsPrefix) {
+  const Shape s{1, 2, 200, 200, 32, true};
+  auto in = random_inputs(s, 12);
+  for (const char* spec : {"performer:features=48", "performer:features=16,kernel=trig"}) {
+    SCOPED_TRACE(spec);
+    const Tensor causal = run_variant(spec, s, in);
+    for (int64_t len : {1, 2, 37, 64, 65, 130, 200}) {
+      const Shape p{1, 2, 1, len, 32, false};
+      attnbench::Inputs prefix{Tensor(1, 2, 1, 32), Tensor(1, 2, len, 32), Tensor(1, 2, len, 32)};
+      for (int64_t h = 0; h < 2; ++h) {
+        std::copy_n(in.q.head(0, h) + (len - 1) * 32, 32, prefix.q.head(0, h));
+        std::copy_n(in.k.head(0, h), len * 32, prefix.k.head(0, h));
+        std::copy_n(in.v.head(0, h), len * 32, prefix.v.head(0, h));
+      }
+      const Tensor row = run_variant(spec, p, prefix);
+      for (int64_t h = 0; h < 2; ++h)
+        for (int64_t e = 0; e < 32; ++e) {
+          const float want = row.head(0, h)[e], got = causal.head(0, h)[(len - 1) * 32 + e];
+          EXPECT_NEAR(got, want, 2e-5 * (1 + std::abs(want))) << "len " << len << " head " << h;
+        }
+    }
+  }
 }
 
 TEST(Performer, LargeNormInputsStayFinite) {

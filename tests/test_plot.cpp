@@ -128,6 +128,53 @@ TEST(Plot, WritesEveryPlotAsPngAndSvg) {
     EXPECT_EQ(e.path().extension().string().find("tmp"), std::string::npos) << e.path();
 }
 
+// Rows of the recall distribution add recall_vs_gap and recall_heatmap; other sweeps do not.
+TEST(Plot, RecallRowsAddTheRecallPlots) {
+  if (!have_matplotlib()) GTEST_SKIP() << "/usr/bin/python3 has no matplotlib";
+  fs::path d = scratch("recall");
+  json data = fixture();
+  for (const std::string spec : {"full", "sliding_window:radius=64"})
+    for (const std::string dist : {"recall", "recall:gap=depth"})
+      for (int n : {1024, 4096}) {
+        const bool window = spec != "full";
+        json gaps = json::array(), depths = json::array();
+        for (double lo = 1; lo < n; lo *= 2)
+          gaps.push_back({lo, 2 * lo, 8, window && lo > 64 ? 0.03 : 1.0});
+        for (int k = 0; k < 10; ++k)
+          depths.push_back({k / 10.0, (k + 1) / 10.0, 6, window && k < 9 ? 0.0 : 1.0});
+        data["rows"].push_back({{"key", spec + dist + std::to_string(n)},
+                                {"spec", spec},
+                                {"variant", spec.substr(0, spec.find(':'))},
+                                {"batch", 1},
+                                {"heads", 2},
+                                {"n", n},
+                                {"dim", 64},
+                                {"causal", true},
+                                {"dist", dist},
+                                {"seed", 0},
+                                {"posenc", ""},
+                                {"status", "ok"},
+                                {"time_ms_median", 1.0},
+                                {"time_ms_min", 1.0},
+                                {"time_ms_max", 1.0},
+                                {"rel_err", 0.5},
+                                {"recall", window ? 0.4 : 1.0},
+                                {"recall_by_gap", gaps},
+                                {"recall_by_depth", depths}});
+      }
+  write(d / "results.json", data.dump());
+  CliResult r = plot(d.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* name : {"recall_vs_gap", "recall_heatmap"}) {
+    EXPECT_TRUE(fs::exists(d / (std::string(name) + ".png"))) << name << "\n" << r.output;
+    EXPECT_GT(fs::file_size(d / (std::string(name) + ".png")), 20000u) << name;
+  }
+  fs::path plain = scratch("no_recall");
+  write(plain / "results.json", fixture().dump());
+  ASSERT_EQ(plot(plain.string()).code, 0);
+  EXPECT_FALSE(fs::exists(plain / "recall_vs_gap.png"));
+}
+
 TEST(Plot, ChosenNAndNoPosencFile) {
   if (!have_matplotlib()) GTEST_SKIP() << "/usr/bin/python3 has no matplotlib";
   fs::path d = scratch("chosen");

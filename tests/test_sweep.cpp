@@ -322,6 +322,10 @@ void check_row_schema(const json& r) {
   EXPECT_TRUE(r.at("coverage").is_null() || r.at("coverage").is_number());
   EXPECT_TRUE(r.at("ref_rows").is_string());
   EXPECT_TRUE(r.at("reference").is_string());
+  EXPECT_TRUE(r.at("err_vs_mean").is_number());
+  for (const char* k : {"recall", "recall_cosine", "planted_mass", "planted_mass_variant"})
+    EXPECT_TRUE(r.at(k).is_null()) << k << " on a non-recall input";
+  EXPECT_TRUE(r.at("recall_by_gap").is_array() && r.at("recall_by_depth").is_array());
   EXPECT_EQ(r["time_ms_reps"].size(), r["reps"].get<size_t>());
   for (const auto& t : r["time_ms_reps"]) {
     EXPECT_GE(t.get<double>(), r["time_ms_min"].get<double>());
@@ -388,7 +392,7 @@ TEST(SweepResults, JsonAndCsvFollowTheSchema) {
   std::getline(cf, header);
   EXPECT_EQ(header, attnbench::csv_header());
   const size_t columns = std::count(header.begin(), header.end(), ',') + 1;
-  EXPECT_EQ(columns, 31u);
+  EXPECT_EQ(columns, 36u);
   int lines = 0;
   while (std::getline(cf, line)) {
     ++lines;
