@@ -222,11 +222,12 @@ RecallConfig recall_config(const attn::Shape& s, const std::string& dist, const 
   return c;
 }
 
-// `count` unit vectors of dimension d for head bh from stream `base`: orthonormal (Gram-Schmidt
+// `count` unit vectors of dimension d for head bh from `stream`: orthonormal (Gram-Schmidt
 // in fp64) when count <= d, independent random directions otherwise.
-std::vector<double> unit_vectors(uint64_t base, int64_t bh, int64_t count, int64_t d) {
+std::vector<double> unit_vectors(const attn::RandomStream& stream, int64_t bh, int64_t count,
+                                 int64_t d) {
   std::vector<double> u(count * d);
-  for (int64_t e = 0; e < count * d; ++e) u[e] = normal_at(base, uint64_t(bh * count * d + e));
+  for (int64_t e = 0; e < count * d; ++e) u[e] = stream.normal(uint64_t(bh * count * d + e));
   for (int64_t p = 0; p < count; ++p) {
     double* x = &u[p * d];
     for (int64_t q = 0; q < p && count <= d; ++q) {
@@ -256,7 +257,8 @@ constexpr int64_t kPlaceAttempts = 1000;
 // The query rows of head bh: `depth` puts the queries on the last P rows and the keys on a grid
 // of depths p/(P−1) over the rows before them; otherwise each pair draws a gap (power law or
 // fixed) and a query row uniformly in [gap, n), rejecting rows already used.
-std::vector<RecallQuery> place_pairs(const RecallConfig& c, int64_t n, uint64_t base, int64_t bh,
+std::vector<RecallQuery> place_pairs(const RecallConfig& c, int64_t n,
+                                     const attn::RandomStream& draw, int64_t bh,
                                      const std::string& dist) {
   std::vector<RecallQuery> out;
   const int64_t P = c.pairs;
@@ -273,7 +275,7 @@ std::vector<RecallQuery> place_pairs(const RecallConfig& c, int64_t n, uint64_t 
     bool placed = false;
     for (int64_t attempt = 0; attempt < kPlaceAttempts && !placed; ++attempt) {
       const uint64_t idx = uint64_t((bh * P + p) * kPlaceAttempts + attempt);
-      const double u1 = unit(splitmix64(base + 2 * idx)), u2 = unit(splitmix64(base + 2 * idx + 1));
+      const double u1 = draw.uniform(2 * idx), u2 = draw.uniform(2 * idx + 1);
       const int64_t g = c.fixed_gap ? c.fixed_gap : power_gap(u1, c.power, n - 1);
       const int64_t row = g + std::min<int64_t>(n - g - 1, int64_t(u2 * double(n - g)));
       const int64_t key = row - g;
@@ -296,7 +298,8 @@ RecallProbe build_probe(const attn::Shape& s, const RecallConfig& c, const std::
   probe.pairs = c.pairs, probe.beta = c.beta;
   const int64_t heads = s.heads_total(), P = c.pairs, D = s.dim;
   probe.codebook.resize(size_t(heads * P * D));
-  const uint64_t place = stream_base(seed, kRecallPlace), values = stream_base(seed, kRecallValue);
+  const attn::RandomStream place = input_stream(seed, kRecallPlace);
+  const attn::RandomStream values = input_stream(seed, kRecallValue);
   for (int64_t bh = 0; bh < heads; ++bh) {
     probe.queries.push_back(place_pairs(c, s.nk, place, bh, dist));
     const std::vector<double> cb = unit_vectors(values, bh, P, D);
@@ -322,7 +325,7 @@ Inputs make_recall(const attn::Shape& s, const std::string& dist, const Params& 
   const int64_t size = in.k.size(), D = s.dim, P = c.pairs;
 #pragma omp parallel for schedule(static)
   for (int64_t e = 0; e < size; ++e) k[e] *= t, q[e] = k[e], v[e] *= vs;
-  const uint64_t keys = stream_base(seed, kRecallKey);
+  const attn::RandomStream keys = input_stream(seed, kRecallKey);
   for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
     const std::vector<double> kappa = unit_vectors(keys, bh, P, D);
     const int64_t b = bh / s.heads, h = bh % s.heads;
