@@ -608,7 +608,8 @@ def plot_recall_heatmap(rows, context, directory, written):
     """(6b): recall@1 per (n, depth bin), one panel per variant spec (and mask)."""
     sel = [r for r in rows if "gap=depth" in r["dist"]] or rows
     panels = sorted({(r["spec"], r["causal"]) for r in sel})
-    fig, axes = grid(len(panels), width=4.2, height=3.6)
+    fig, axes = grid(len(panels), width=4.4, height=3.9)
+    fig.subplots_adjust(hspace=0.55, wspace=0.4)
     image = None
     for ax, (spec, causal) in zip(axes, panels):
         group = [r for r in sel if r["spec"] == spec and r["causal"] == causal]
