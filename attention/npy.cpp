@@ -288,6 +288,15 @@ bool write_all(int fd, std::string_view bytes) {
 
 }  // namespace
 
+void check_finite(const float* data, size_t count, const std::string& name) {
+  check_chunk(data, count, magnitude(std::numeric_limits<float>::infinity()), 0, name);
+}
+
+void to_float32_checked(const double* src, size_t count, float* dst, const std::string& name) {
+  check_chunk(src, count, magnitude(kFloatRoundsToInf), 0, name);
+  for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 NpyArray parse_npy(const std::string& bytes, const std::string& name) {
   MemorySource src(bytes);
   NpyArray arr;

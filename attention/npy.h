@@ -24,6 +24,11 @@ using NpyDestination = std::function<float*(const std::vector<int64_t>& shape)>;
 // read_npy straight into the caller's buffer (e.g. a Tensor's): the file is read once, in
 // chunks checked and converted while in cache, with no intermediate copy. Returns the shape.
 std::vector<int64_t> read_npy_into(const std::string& path, const NpyDestination& dest);
+// The value checks of read_npy on arrays already in memory (the Python module's inputs), with
+// the same messages naming `name`: RuntimeError for a NaN or Inf, and, when converting float64
+// to float32, for a value that would round to ±Inf.
+void check_finite(const float* data, size_t count, const std::string& name);
+void to_float32_checked(const double* src, size_t count, float* dst, const std::string& name);
 // Writes float32 atomically (temporary file, then rename).
 void write_npy(const std::string& path, const std::vector<int64_t>& shape, const float* data);
 // Parses an in-memory .npy image by the same code as read_npy (exposed for tests and fuzzing).

@@ -1,5 +1,6 @@
 #include "attention/registry.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -9,7 +10,7 @@ namespace attn {
 
 // Adding a variant: write attention/NAME.cpp with a NAME_variant() function, declare it in
 // registry.h and add it here.
-const std::vector<VariantInfo>& variants() {
+static std::vector<VariantInfo> builtin_variants() {
   static const std::vector<VariantInfo> all = {
       reference_variant(),
       full_materialized_variant(),
@@ -30,6 +31,12 @@ const std::vector<VariantInfo>& variants() {
 }
 
 namespace {
+
+// The built-in variants, then those registered at run time (plugins, docs/DESIGN.md §Plugins).
+std::vector<VariantInfo>& registry() {
+  static std::vector<VariantInfo> all = builtin_variants();
+  return all;
+}
 
 std::string join_names() {
   std::string s;
@@ -162,6 +169,38 @@ double Params::get_float(const std::string& key) const {
 }
 bool Params::get_bool(const std::string& key) const {
   return get(key) == "true";
+}
+
+const std::vector<VariantInfo>& variants() {
+  return registry();
+}
+
+// A name is what a spec starts with and what result files and plots key on, so it is kept to
+// characters that need no quoting there and cannot be mistaken for the spec's separators.
+void register_variant(VariantInfo info) {
+  const std::string& name = info.name;
+  const bool well_formed = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+  if (!well_formed)
+    throw UsageError("variant name '" + name +
+                     "' is invalid; expected lower-case letters, digits and _");
+  for (const auto& v : variants())
+    if (v.name == name) throw UsageError("variant '" + name + "' is already registered");
+  if (!info.make) throw UsageError("variant '" + name + "' has no factory");
+  for (size_t a = 0; a < info.params.size(); ++a) {
+    const ParamSpec& p = info.params[a];
+    for (size_t b = 0; b < a; ++b)
+      if (info.params[b].key == p.key)
+        throw UsageError("variant '" + name + "' declares parameter " + p.key + " twice");
+    if (!p.default_value.empty()) check_value(info, p, p.default_value);
+  }
+  registry().push_back(std::move(info));
+}
+
+void truncate_variants(size_t count) {
+  auto& all = registry();
+  if (count < all.size()) all.erase(all.begin() + count, all.end());
 }
 
 const VariantInfo& find_variant(const std::string& name) {

@@ -40,8 +40,16 @@ struct VariantInfo {
   std::function<std::unique_ptr<Attention>(const Params&)> make;
 };
 
-// Every registered variant, in listing order.
+// Every registered variant, in listing order: the built-in ones, then those registered at run
+// time. Registering may move the entries, so do not keep references across a registration.
 const std::vector<VariantInfo>& variants();
+// Adds a variant at run time (what a plugin's entry point calls, attention/plugin.h). UsageError
+// when the name is not lower-case letters, digits and _, is already registered, the factory is
+// missing, a parameter key repeats or a default fails its own spec. Not thread-safe: register
+// before variants are used from several threads.
+void register_variant(VariantInfo info);
+// Drops the variants registered after the first `count` (the plugin loader's rollback).
+void truncate_variants(size_t count);
 const VariantInfo& find_variant(const std::string& name);  // UsageError listing valid names
 
 // Parses and validates a spec; UsageError on unknown names or keys and bad or

@@ -93,7 +93,7 @@ void free_floats(float* p) {
 }
 
 void Tensor::Free::operator()(float* p) const {
-  if (p) ::operator delete(p, std::align_val_t(align));
+  if (p && align) ::operator delete(p, std::align_val_t(align));
 }
 
 // Tensors of a huge page or more start on a 2 MiB boundary and are advised as transparent huge
@@ -110,6 +110,43 @@ Tensor::Tensor(int64_t batch, int64_t heads, int64_t seq, int64_t dim)
   const size_t align = bytes >= kHugePage ? kHugePage : 64;
   data_ = std::unique_ptr<float[], Free>(allocate_floats(size_t(count), align), Free{align});
   if (align == kHugePage) ::madvise(data_.get(), bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+}
+
+Tensor Tensor::view(float* data, int64_t batch, int64_t heads, int64_t seq, int64_t dim) {
+  if (batch <= 0 || heads <= 0 || seq <= 0 || dim <= 0)
+    throw UsageError("tensor dimensions must be positive");
+  checked_product({batch, heads, seq, dim, int64_t(sizeof(float))}, "tensor bytes");
+  Tensor t;
+  t.b_ = batch, t.h_ = heads, t.n_ = seq, t.d_ = dim;
+  t.data_ = std::unique_ptr<float[], Free>(data, Free{0});
+  return t;
+}
+
+std::array<int64_t, 4> as_bhnd(const std::vector<int64_t>& shape, const std::string& what) {
+  if (shape.size() < 2 || shape.size() > 4)
+    throw RuntimeError(what + ": expected a 2-D [N,D], 3-D [H,N,D] or 4-D [B,H,N,D] array, got " +
+                       std::to_string(shape.size()) + "-D");
+  std::array<int64_t, 4> out = {1, 1, 1, 1};
+  std::copy(shape.begin(), shape.end(), out.end() - shape.size());
+  for (int64_t d : out)
+    if (d == 0) throw RuntimeError(what + ": array has a zero-length dimension");
+  return out;
+}
+
+namespace {
+std::string dims(const Tensor& t) {
+  return "[" + std::to_string(t.batch()) + "," + std::to_string(t.heads()) + "," +
+         std::to_string(t.seq()) + "," + std::to_string(t.dim()) + "]";
+}
+}  // namespace
+
+Shape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale) {
+  if (q.batch() != k.batch() || q.heads() != k.heads() || q.dim() != k.dim())
+    throw RuntimeError("q " + dims(q) + " and k " + dims(k) +
+                       " must agree in batch, heads and head dim");
+  if (k.batch() != v.batch() || k.heads() != v.heads() || k.seq() != v.seq() || k.dim() != v.dim())
+    throw RuntimeError("k " + dims(k) + " and v " + dims(v) + " must have the same shape");
+  return Shape{q.batch(), q.heads(), q.seq(), k.seq(), q.dim(), causal, scale};
 }
 
 void Tensor::fill(float value) {

@@ -1,12 +1,14 @@
 // Tensors, problem shapes and the error types every part of attn uses.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace attn {
 
@@ -48,11 +50,15 @@ struct Shape {
   std::string str() const;
 };
 
-// fp32, contiguous, 64-byte aligned, layout [batch, heads, seq, dim].
+// fp32, contiguous, layout [batch, heads, seq, dim]; 64-byte aligned when it owns its memory.
 class Tensor {
  public:
   Tensor() = default;
   Tensor(int64_t batch, int64_t heads, int64_t seq, int64_t dim);
+  // A tensor over `data`, which the caller owns and keeps alive (a NumPy array's buffer: the
+  // Python module runs variants on it without a copy). Only float alignment is required: no
+  // kernel assumes more of its inputs or output.
+  static Tensor view(float* data, int64_t batch, int64_t heads, int64_t seq, int64_t dim);
 
   int64_t batch() const { return b_; }
   int64_t heads() const { return h_; }
@@ -73,12 +79,20 @@ class Tensor {
   struct Free {
     Free() : align(64) {}
     explicit Free(size_t a) : align(a) {}
-    size_t align;  // what the buffer was allocated with (see the constructor)
+    size_t align;  // what the buffer was allocated with (see the constructor); 0 = a view
     void operator()(float* p) const;
   };
   int64_t b_ = 0, h_ = 0, n_ = 0, d_ = 0;
   std::unique_ptr<float[], Free> data_;
 };
+
+// The [B, H, N, D] sizes of an array shaped [B,H,N,D], [H,N,D] or [N,D] (leading 1s added), as
+// `attnbench apply` and the Python module read q, k and v. RuntimeError naming `what` for another
+// rank or a zero-length dimension.
+std::array<int64_t, 4> as_bhnd(const std::vector<int64_t>& shape, const std::string& what);
+// The problem of queries q against keys k and values v: RuntimeError unless q and k agree in
+// batch, heads and head dim and v has the shape of k.
+Shape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale);
 
 // Aligned scratch for kernels; allocated through the same hook as Tensor so that the
 // harness's memory accounting sees it.

@@ -13,24 +13,12 @@ namespace {
 attn::Tensor read_tensor(const std::string& path, size_t& rank) {
   attn::Tensor t;
   attn::read_npy_into(path, [&](const std::vector<int64_t>& shape) {
-    std::vector<int64_t> s = shape;
-    if (s.size() < 2 || s.size() > 4)
-      throw attn::RuntimeError(path +
-                               ": expected a 2-D [N,D], 3-D [H,N,D] or 4-D [B,H,N,D] array, got " +
-                               std::to_string(s.size()) + "-D");
-    while (s.size() < 4) s.insert(s.begin(), 1);
-    for (int64_t d : s)
-      if (d == 0) throw attn::RuntimeError(path + ": array has a zero-length dimension");
+    const auto [b, h, n, d] = attn::as_bhnd(shape, path);
     rank = shape.size();
-    t = attn::Tensor(s[0], s[1], s[2], s[3]);
+    t = attn::Tensor(b, h, n, d);
     return t.data();
   });
   return t;
-}
-
-std::string dims(const attn::Tensor& t) {
-  return "[" + std::to_string(t.batch()) + "," + std::to_string(t.heads()) + "," +
-         std::to_string(t.seq()) + "," + std::to_string(t.dim()) + "]";
 }
 
 }  // namespace
@@ -62,12 +50,7 @@ int cmd_apply(const Args& args) {
   auto attention = attn::make_attention(spec);
   size_t q_rank = 0, rank = 0;
   attn::Tensor q = read_tensor(qp, q_rank), k = read_tensor(kp, rank), v = read_tensor(vp, rank);
-  if (q.batch() != k.batch() || q.heads() != k.heads() || q.dim() != k.dim())
-    throw attn::RuntimeError("q " + dims(q) + " and k " + dims(k) +
-                             " must agree in batch, heads and head dim");
-  if (k.batch() != v.batch() || k.heads() != v.heads() || k.seq() != v.seq() || k.dim() != v.dim())
-    throw attn::RuntimeError("k " + dims(k) + " and v " + dims(v) + " must have the same shape");
-  attn::Shape s{q.batch(), q.heads(), q.seq(), k.seq(), q.dim(), causal, scale};
+  const attn::Shape s = attn::attention_shape(q, k, v, causal, scale);
   attention->validate(s);
   if (!random_in.empty()) attention->load_random(random_in, s);
   attn::Tensor out(s.batch, s.heads, s.nq, s.dim);

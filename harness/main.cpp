@@ -2,28 +2,60 @@
 #include <cstring>
 #include <iostream>
 
+#include "attention/plugin.h"
 #include "attention/tensor.h"
 #include "harness/cli.h"
 
 namespace {
 
 void print_help() {
-  std::cout << "attnbench — speed, memory, scaling and accuracy of attention variants\n\n"
-               "usage: attnbench COMMAND [options]   (attnbench COMMAND --help for its options)\n\n"
-               "commands:\n";
+  std::cout
+      << "attnbench — speed, memory, scaling and accuracy of attention variants\n\n"
+         "usage: attnbench [--plugin PATH.so ...] COMMAND [options]   (attnbench COMMAND "
+         "--help for its options)\n\n"
+         "  --plugin PATH.so  load a variant plugin before the command (repeatable; also\n"
+         "                    ATTNBENCH_PLUGINS=PATH:PATH; README \"Add your own variant\")\n\n"
+         "commands:\n";
   for (const auto& c : attnbench::commands())
     std::cout << "  " << c.name << std::string(10 - std::strlen(c.name), ' ') << c.summary << "\n";
+}
+
+// Loads the plugins of ATTNBENCH_PLUGINS, then those of the leading --plugin PATH (or
+// --plugin=PATH) options, so that every command sees their variants. Returns the index of the
+// command in argv.
+int load_plugins(int argc, char** argv) {
+  attn::load_plugins_from_env();
+  int i = 1;
+  for (; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--plugin=", 0) == 0) {
+      attn::load_plugin(arg.substr(9));
+    } else if (arg == "--plugin") {
+      if (i + 1 >= argc) throw attn::UsageError("--plugin needs the path of a plugin .so");
+      attn::load_plugin(argv[++i]);
+    } else {
+      break;
+    }
+  }
+  return i;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    print_help();
-    return argc < 2 ? 2 : 0;
+  int first = 1;
+  try {
+    first = load_plugins(argc, argv);
+  } catch (const attn::UsageError& e) {
+    std::cerr << "attnbench: " << e.what() << "\n";
+    return 2;
   }
-  const std::string name = argv[1];
-  attnbench::Args args(argv + 2, argv + argc);
+  if (argc <= first || !std::strcmp(argv[first], "--help") || !std::strcmp(argv[first], "-h")) {
+    print_help();
+    return argc <= first ? 2 : 0;
+  }
+  const std::string name = argv[first];
+  attnbench::Args args(argv + first + 1, argv + argc);
   for (const auto& c : attnbench::commands()) {
     if (name != c.name) continue;
     try {
