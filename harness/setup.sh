@@ -10,6 +10,7 @@ set -euo pipefail
 packages=(cmake g++ make git libdnnl-dev ocl-icd-opencl-dev libboost-program-options-dev
           libbenchmark-dev libgtest-dev googletest nlohmann-json3-dev python3-matplotlib
           clang libclang-rt-14-dev libomp-14-dev)
+packages+=(slurm-wlm munge)  # tests/slurm/run.sh: a one-node Slurm cluster the test starts itself
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
