@@ -30,6 +30,8 @@ int cmd_posenc(const Args& args);
 int cmd_plot(const Args& args);
 int cmd_compare(const Args& args);
 int cmd_sweep(const Args& args);
+int cmd_merge(const Args& args);
+int cmd_slurm(const Args& args);
 
 // Parses "512,1024,2048" (UsageError on anything else).
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& what);

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "harness/cli.h"
+#include "harness/shard.h"
 #include "harness/sweep.h"
 
 namespace attnbench {
@@ -34,16 +35,24 @@ const char* kConfigKeys =
 
 int cmd_sweep(const Args& args) {
   namespace po = boost::program_options;
-  std::string config, out;
+  std::string config, out, shard;
+  int threads = -1;
   bool resume = false, overwrite = false, quiet = false;
   po::options_description opts("attnbench sweep CONFIG [options]");
   opts.add_options()("help,h", "this help")("config", po::value(&config)->required(),
                                             "sweep definition (INI), e.g. configs/default.ini")(
-      "out", po::value(&out), "output directory (default results/<config name>/)")(
-      "resume", po::bool_switch(&resume), "keep the cases already in OUT/results.json")(
+      "out", po::value(&out),
+      "output directory (default results/<config name>/, with --shard i/N "
+      "results/<config name>/shards/<i>/)")("resume", po::bool_switch(&resume),
+                                            "keep the cases already in OUT/results.json")(
       "overwrite", po::bool_switch(&overwrite),
       "replace results already in OUT (without it or --resume, existing results are refused)")(
-      "quiet", po::bool_switch(&quiet), "no progress line and no per-case table");
+      "quiet", po::bool_switch(&quiet), "no progress line and no per-case table")(
+      "shard", po::value(&shard),
+      "run only shard i/N of the cases (cost-balanced, the same on every machine; combine "
+      "the shards with `attnbench merge`), or auto: ATTNBENCH_SHARD_INDEX/_COUNT or "
+      "SLURM_ARRAY_TASK_ID/_COUNT")("threads", po::value(&threads),
+                                    "OpenMP threads, overriding the config's (0 = all cores)");
   po::positional_options_description pos;
   pos.add("config", 1);
   po::variables_map vm;
@@ -53,7 +62,16 @@ int cmd_sweep(const Args& args) {
 
   const SweepConfig cfg = load_sweep_config(config);
   SweepOptions opt;
-  opt.out_dir = out.empty() ? "results/" + std::filesystem::path(config).stem().string() : out;
+  if (vm.count("threads")) check_threads(threads, "--threads"), opt.threads = threads;
+  if (vm.count("shard")) {
+    const Shard s = parse_shard(shard);
+    opt.shard_index = s.index, opt.shard_count = s.count;
+  }
+  // A shard's default directory is where `attnbench slurm` puts it: results/<config>/shards/<i>.
+  const std::string results = "results/" + std::filesystem::path(config).stem().string();
+  opt.out_dir = !out.empty()      ? out
+                : opt.shard_count ? results + "/shards/" + std::to_string(opt.shard_index)
+                                  : results;
   opt.resume = resume;
   opt.overwrite = overwrite;
   opt.progress = !quiet && isatty(STDERR_FILENO);
@@ -70,9 +88,12 @@ int cmd_sweep(const Args& args) {
   const SweepResult res = run_sweep(cfg, opt);
   if (!quiet) print_scaling(res.scaling);
   std::printf(
-      "%zu rows in %s/results.csv and results.json (sgemm ceiling %.1f GFLOP/s, %d "
+      "%zu rows in %s/results.csv and results.json (%ssgemm ceiling %.1f GFLOP/s, %d "
       "threads)\n",
-      res.rows.size(), opt.out_dir.c_str(), res.context.sgemm_ceiling_gflops, res.context.threads);
+      res.rows.size(), opt.out_dir.c_str(),
+      !opt.shard_count ? ""
+                    : ("shard " + Shard{opt.shard_index, opt.shard_count}.text() + ", ").c_str(),
+      res.context.sgemm_ceiling_gflops, res.context.threads);
   return 0;
 }
 

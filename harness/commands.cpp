@@ -13,6 +13,8 @@ const std::vector<Command>& commands() {
       {"list", "every registered variant with its parameters, defaults and docs", cmd_list},
       {"run", "time variants over sequence lengths; GFLOP/s, memory, error vs fp64", cmd_run},
       {"sweep", "run a sweep config (configs/*.ini) into results.csv/json; resumable", cmd_sweep},
+      {"merge", "the shard directories of a sweep --shard i/N as one result", cmd_merge},
+      {"slurm", "a Slurm array job of a sweep's shards, then merge and plot", cmd_slurm},
       {"apply", "run one variant on q/k/v .npy files and write the output .npy", cmd_apply},
       {"posenc", "positional encodings: parameter memory, lookup time, .npy tables", cmd_posenc},
       {"plot", "time, memory, error and speed-vs-error plots of a results dir", cmd_plot},

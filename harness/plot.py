@@ -71,7 +71,20 @@ def load_results(directory):
         fail(f"{path} has no rows with status \"ok\": nothing to plot")
     context = data.get("context") if isinstance(data.get("context"), dict) else {}
     scaling = [s for s in data.get("scaling") or [] if isinstance(s, dict)]
+    context["time_note"] = merged_time_note(directory)
     return rows, context, scaling
+
+
+def merged_time_note(directory):
+    """How the times of `attnbench merge --allow-mixed-machines` compare (DIR/shards.json)."""
+    try:
+        with open(os.path.join(directory, "shards.json")) as f:
+            shards = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(shards, dict) or not shards.get("mixed_machines"):
+        return ""
+    return str(shards.get("time_note") or "mixed machines: times scaled by sgemm ceilings")
 
 
 def load_posenc(directory):
@@ -232,6 +245,8 @@ def context_line(context, rows, dist=None):
             parts.append(f"{name}={values[0]}")
     if dist:
         parts.append(f"inputs: {dist}")
+    if context.get("time_note"):
+        parts.append(context["time_note"])
     return " · ".join(parts)
 
 

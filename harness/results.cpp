@@ -285,6 +285,28 @@ json to_json(const RunContext& c) {
           {"command", c.command}};
 }
 
+RunContext context_from_json(const json& j) {
+  try {
+    RunContext c;
+    c.cpu_model = get_text(j, "cpu_model");
+    c.cores = int(get_count(j, "cores", 0, std::numeric_limits<int>::max()));
+    c.threads = int(get_count(j, "threads", 0, kMaxThreads));
+    c.compiler = get_text(j, "compiler");
+    c.onednn_version = get_text(j, "onednn_version");
+    c.boost_version = get_text(j, "boost_version");
+    c.benchmark_version = get_text(j, "benchmark_version");
+    c.git_commit = get_text(j, "git_commit");
+    c.date_utc = get_text(j, "date_utc");
+    c.omp_wait_policy = j.value("omp_wait_policy", "");
+    c.sgemm_ceiling_gflops = get_number(j, "sgemm_ceiling_gflops");
+    c.config = get_text(j, "config");
+    c.command = get_text(j, "command");
+    return c;
+  } catch (const json::exception& e) {
+    throw attn::RuntimeError(std::string("malformed run context: ") + e.what());
+  }
+}
+
 std::string csv_header() {
   return "key,variant,spec,batch,heads,n,dim,causal,dist,seed,posenc,threads,reps,status,"
          "time_ms_median,time_ms_min,time_ms_max,time_cv,time_ms_reps,gflops,pct_ceiling,"

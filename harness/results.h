@@ -76,6 +76,7 @@ nlohmann::json to_json(const Row& r);
 Row row_from_json(const nlohmann::json& j);  // RuntimeError on a malformed row
 nlohmann::json to_json(const Scaling& s);
 nlohmann::json to_json(const RunContext& c);
+RunContext context_from_json(const nlohmann::json& j);  // RuntimeError on a malformed context
 
 std::string csv_header();
 std::string csv_line(const Row& r);

@@ -13,6 +13,7 @@ packages=(cmake g++ make git libdnnl-dev ocl-icd-opencl-dev libboost-program-opt
           clang libclang-rt-14-dev libomp-14-dev
           librandom123-dev)
 packages+=(pybind11-dev python3-dev python3-numpy python3-pytest)  # Python module (python/) + its pytest suite
+packages+=(slurm-wlm munge)  # tests/slurm/run.sh: a one-node Slurm cluster the test starts itself
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,7 @@
 #include "harness/outdir.h"
 #include "harness/posenc_hook.h"
 #include "harness/scaling.h"
+#include "harness/shard.h"
 
 namespace attnbench {
 
@@ -324,6 +325,16 @@ std::vector<Case> expand_cases(const SweepConfig& cfg) {
   return out;
 }
 
+int64_t reference_rows(const SweepConfig& cfg, int64_t nq) {
+  return nq <= cfg.ref_all_rows_max ? nq : std::min(cfg.ref_sample, nq);
+}
+
+double estimated_bytes(const Case& c, const attn::Attention& a, int64_t ref_rows) {
+  const attn::Shape& s = c.shape;
+  const double io = 4.0 * s.heads_total() * s.nq * s.dim * sizeof(float);
+  return io + a.extra_bytes(s) + 8.0 * s.heads_total() * ref_rows * s.dim;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scaling
 
@@ -395,14 +406,6 @@ std::string duration(double s) {
   return std::to_string(int(s) / 60) + "m" + fmt("%02.0fs", std::fmod(s, 60.0));
 }
 
-// Memory a case needs beyond what is already allocated: q, k, v, out, the variant's extra,
-// and the reference rows in fp64.
-double estimated_bytes(const Case& c, const attn::Attention& a, int64_t ref_rows) {
-  const attn::Shape& s = c.shape;
-  const double io = 4.0 * s.heads_total() * s.nq * s.dim * sizeof(float);
-  return io + a.extra_bytes(s) + 8.0 * s.heads_total() * ref_rows * s.dim;
-}
-
 // Test-only: ATTNBENCH_TEST_SLOWDOWN=VARIANT=FACTOR makes every timed forward() of that
 // variant do FACTOR times the work on average (whole extra forward() calls, carried over
 // between calls), so the regression gate's power to catch a real slowdown can be measured
@@ -440,24 +443,27 @@ class Sweep {
   Sweep(const SweepConfig& cfg, const SweepOptions& opt) : cfg_(cfg), opt_(opt) {}
 
   SweepResult run() {
-    set_threads(cfg_.threads);
+    set_threads(opt_.threads >= 0 ? opt_.threads : cfg_.threads);
     try {
       validate_config(cfg_);
     } catch (const attn::UsageError& e) {
       if (opt_.config_path.empty()) throw;
       throw attn::UsageError("config " + opt_.config_path + ": " + e.what());
     }
-    cases_ = expand_cases(cfg_);
+    const Shard shard{opt_.shard_index, opt_.shard_count};
+    cases_ = cases_of_shard(cfg_, shard);
     // Taken before anything is measured: a second writer or an unwritable --out fails now.
     std::unique_ptr<OutputDirLock> lock;
     if (!opt_.out_dir.empty()) {
       lock = std::make_unique<OutputDirLock>(opt_.out_dir);
       check_may_write_results(opt_.out_dir, opt_.resume, opt_.overwrite);
+      if (opt_.resume) check_same_shard(shard);
     }
     if (opt_.resume && !opt_.out_dir.empty())
       for (Row& r : load_rows(opt_.out_dir)) done_.emplace(r.key, std::move(r));
     ctx_ = current_context(omp_get_max_threads());
     ctx_.config = opt_.config_path, ctx_.command = opt_.command;
+    if (!opt_.out_dir.empty()) write_shard_manifest(shard);
     ctx_.sgemm_ceiling_gflops = attn::kernels::measure_sgemm_gflops();
     if (opt_.on_start) opt_.on_start(ctx_);
     for (const Case& c : cases_) todo_ += done_.count(c.key()) ? 0 : 1;
@@ -477,6 +483,31 @@ class Sweep {
   }
 
  private:
+  // A resumed directory must hold the same shard of the same config (or be unsharded as well):
+  // else its rows would be mixed with another partition's.
+  void check_same_shard(const Shard& shard) const {
+    const ShardManifest m = read_manifest(opt_.out_dir);
+    const std::string fp = config_fingerprint(cfg_);
+    if (m.shard == shard && (!shard.active() || m.fingerprint == fp)) return;
+    // A fresh directory: the first run of a Slurm task already passes --resume.
+    if (!m.shard.active() && !std::filesystem::exists(opt_.out_dir + "/results.json")) return;
+    const std::string was = m.shard.active() ? "shard " + m.shard.text() + " of " + m.config_path +
+                                                   " (config " + m.fingerprint + ")"
+                                             : "an unsharded sweep";
+    const std::string now = shard.active() ? "shard " + shard.text() : "unsharded";
+    throw attn::UsageError("--resume: " + opt_.out_dir + " holds " + was + ", this run is " + now +
+                           " of config " + fp + "; resume with the same config and --shard");
+  }
+
+  // Sharded runs write DIR/shard.json before measuring; unsharded runs remove a stale one.
+  void write_shard_manifest(const Shard& shard) const {
+    if (shard.active())
+      write_manifest(opt_.out_dir,
+                     make_manifest(cfg_, shard, cases_, opt_.config_path, ctx_.git_commit));
+    else
+      std::filesystem::remove(opt_.out_dir + "/shard.json");
+  }
+
   // Cases [first, last) share everything but n and seed: one Google Benchmark family.
   void run_group(size_t first, size_t last) {
     std::vector<size_t> pending;
@@ -528,8 +559,7 @@ class Sweep {
     case_start_ = Clock::now();
     show_progress(c);
     attn_ = attn::make_attention(c.spec);
-    const int64_t ref_rows =
-        c.shape.nq <= cfg_.ref_all_rows_max ? c.shape.nq : std::min(cfg_.ref_sample, c.shape.nq);
+    const int64_t ref_rows = reference_rows(cfg_, c.shape.nq);
     const double need = estimated_bytes(c, *attn_, ref_rows);
     const double gib = double(1ull << 30);
     if (cfg_.max_seconds > 0 && slowest_in_group_ > cfg_.max_seconds) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/attention.h"
 #include "attention/tensor.h"
 #include "harness/results.h"
 
@@ -57,11 +58,19 @@ struct Case {
 // Order: distribution, causal (as listed), variant, n ascending, seed.
 std::vector<Case> expand_cases(const SweepConfig& cfg);
 
+// Query rows the fp64 reference computes for nq rows: all up to ref_all_rows_max, else a sample.
+int64_t reference_rows(const SweepConfig& cfg, int64_t nq);
+// Memory a case needs beyond what is already allocated: q, k, v, out, the variant's extra,
+// and the reference rows in fp64.
+double estimated_bytes(const Case& c, const attn::Attention& a, int64_t ref_rows);
+
 struct SweepOptions {
   std::string out_dir;  // "" = write no files
   bool resume = false;
   bool overwrite = false;  // replace results already in out_dir (else: UsageError unless resume)
   bool progress = false;   // progress line on stderr
+  int threads = -1;        // OpenMP threads overriding the config's (-1 = the config's)
+  int shard_index = 0, shard_count = 0;  // run only shard index/count (harness/shard.h); 0 = all
   std::string config_path, command;
   std::function<void(const RunContext&)> on_start;  // after the sgemm ceiling is measured
   std::function<void(const Row&)> on_row;           // called as each row is final
