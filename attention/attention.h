@@ -21,6 +21,25 @@ using VisitedKeys = std::vector<std::vector<int64_t>>;
 
 class TilePlan;  // attention/plan.h
 
+// What a training forward keeps for its backward (the row log-sum-exps of the flash-style
+// variants, the probabilities of full_materialized): declared and sized per variant by
+// Attention::saved_bytes(), apart from scratch (extra_bytes), so that training memory is
+// measured honestly. The caller owns it between forward_train() and backward(), so an
+// instance keeps no hidden state from one call to the other (docs/DESIGN.md §Backward).
+struct Saved {
+  std::string variant;  // name() of the variant that filled it
+  Shape shape;          // the problem it was saved for
+  FloatBuffer floats;   // through alloc_floats, so the harness's allocation hook counts it
+};
+
+// Gradients of a scalar loss L with respect to q, k, v given dO = ∂L/∂out; each has the shape
+// of the tensor it differentiates (allocated by the caller).
+struct Grads {
+  Tensor& dq;
+  Tensor& dk;
+  Tensor& dv;
+};
+
 class Attention {
  public:
   virtual ~Attention() = default;
@@ -61,10 +80,40 @@ class Attention {
     return false;
   }
 
+  // ---- Backward (training) ----
+  // Whether backward() is implemented; variants without one are listed as "no backward yet".
+  virtual bool has_backward() const { return false; }
+  // Bytes forward_train() keeps in Saved for backward() (analytic), and the peak of memory
+  // backward() allocates beyond q, k, v, out, saved, dO and the gradients.
+  virtual double saved_bytes(const Shape& s) const { return 0.0; }
+  virtual double backward_extra_bytes(const Shape& s) const { return 0.0; }
+  // Model FLOPs of backward(): 2.5 x the forward's matmul FLOPs of the same pairs, the
+  // convention of FlashAttention's benchmarks (docs/ALGORITHMS.md §Backward FLOPs).
+  virtual double backward_flops(const Shape& s) const { return 2.5 * flops(s); }
+  // forward() that also fills `saved` with what backward() needs. Throws UsageError for a
+  // variant without a backward.
+  virtual void forward_train(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                             Tensor& out, Saved& saved);
+  // dq, dk, dv of L given dout = ∂L/∂out, for the out and saved of forward_train() on the same
+  // q, k, v. Throws UsageError for a variant without a backward, a dout that is not finite or
+  // not of out's shape, or a Saved from another variant or shape; then calls compute_backward.
+  void backward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                const Tensor& out, const Saved& saved, const Tensor& dout, Grads g);
+
   // Random state (LSH rotations, Performer features) as .npy files in a directory, so a run
   // can be reproduced exactly elsewhere. Variants without random state throw UsageError.
   virtual void save_random(const std::string& dir, const Shape& s) const;
   virtual void load_random(const std::string& dir, const Shape& s);
+
+ protected:
+  // backward() after its checks: the inputs are valid and the gradients allocated.
+  virtual void compute_backward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const Saved& saved, const Tensor& dout, Grads g);
+  // Starts `saved` for shape s with `floats` floats (uninitialized).
+  void start_saved(Saved& saved, const Shape& s, size_t floats) const;
 };
+
+// UsageError unless dout is finite and has the shape [B, H, Nq, D] of the output of s.
+void check_grad_output(const Shape& s, const Tensor& dout);
 
 }  // namespace attn

@@ -57,6 +57,14 @@ std::pair<int64_t, int64_t> bounded_range(const HeadPattern& p, const KeySpan& s
   return {c0, std::max(c0, c1)};
 }
 
+std::vector<uint8_t> gathered_rows(const HeadPattern& p, int64_t nq) {
+  std::vector<uint8_t> g(nq, 0);
+  for (const QueryBlock& b : p.blocks)
+    if (b.rows.gathered)
+      for (int64_t t = 0; t < b.rows.count; ++t) g[position(p, b.rows, t)] = 1;
+  return g;
+}
+
 namespace {
 
 // Visible keys of span `sp` for query position i.
@@ -66,15 +74,6 @@ int64_t visible_count(const HeadPattern& p, const KeySpan& sp, int64_t i) {
   int64_t n = 0;
   for (int64_t c = c0; c < c1; ++c) n += !p.hidden[position(p, sp.keys, c)];
   return n;
-}
-
-// Rows held by a block with gathered rows (their output comes from there), per position.
-std::vector<uint8_t> gathered_rows(const HeadPattern& p, int64_t nq) {
-  std::vector<uint8_t> g(nq, 0);
-  for (const QueryBlock& b : p.blocks)
-    if (b.rows.gathered)
-      for (int64_t t = 0; t < b.rows.count; ++t) g[position(p, b.rows, t)] = 1;
-  return g;
 }
 
 // The rows of block b whose output it supplies, by their index in the block.
@@ -324,8 +323,9 @@ struct TaskOrder {
 
 // Combines the passes of every row by their log-sum-exps: out = Σ_p e^(lse_p − m) o_p / Σ_p
 // e^(lse_p − m), m = max_p lse_p, over the passes that saw a key (in pass order).
+// With row_lse, also the row's log-sum-exp over the union, m + log Σ_p e^(lse_p − m).
 void combine_passes(const TilePlan& plan, const Shape& s, const Scratch& sc, const float* lses,
-                    const float* pass_out, Tensor& out) {
+                    const float* pass_out, Tensor& out, float* row_lse) {
   const int64_t D = s.dim;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < s.heads_total() * s.nq; ++row) {
@@ -348,13 +348,14 @@ void combine_passes(const TilePlan& plan, const Shape& s, const Scratch& sc, con
       total += w;
     }
     for (int64_t d = 0; d < D; ++d) o[d] /= total;
+    if (row_lse) row_lse[row] = m + std::log(total);
   }
 }
 
 }  // namespace
 
 void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const Tensor& k,
-                  const Tensor& v, Tensor& out) {
+                  const Tensor& v, Tensor& out, float* row_lse) {
   const int64_t D = s.dim;
   const float scale = s.softmax_scale();
   const Scratch sc(plan, s);
@@ -369,6 +370,11 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
       std::copy_n(v.head(b, h) + G[a] * D, D, kv.data() + sc.kv_at[bh] + (g + a) * D);
     }
   }
+  // Per pattern that gathers rows and needs log-sum-exps: the rows a gathered block owns.
+  std::vector<std::vector<uint8_t>> owned_elsewhere(plan.patterns.size());
+  for (size_t pi = 0; pi < plan.patterns.size(); ++pi)
+    if (sc.gathers_rows && (row_lse || plan.patterns[pi].passes > 1))
+      owned_elsewhere[pi] = gathered_rows(plan.patterns[pi], s.nq);
   const TaskOrder order(plan, s);
 #pragma omp parallel
   {
@@ -406,7 +412,7 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
           keys.gathered ? attend_partial<false, true>(sm, p, blk, sp, kp, vp, ld)
                         : attend_partial<false, false>(sm, p, blk, sp, kp, vp, ld);
       }
-      float* lse = p.passes > 1 ? lse_rows : nullptr;
+      float* lse = p.passes > 1 || row_lse ? lse_rows : nullptr;
       if (rows.gathered)
         sm.finish(gout.data() + sc.out_at[bh] + sc.out_offset[pi][bi] * D, D, lse);
       else if (blk.pass == 0)
@@ -414,9 +420,17 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
       else
         sm.finish(pass_out.data() + sc.pass_at[bh] + ((blk.pass - 1) * s.nq + rows.base) * D,
                   rows.step * D, lse);
+      // A pass-0 row's log-sum-exp comes from the block that supplies its output, as the
+      // output itself does (a strided block's value for a gathered row is dropped).
       if (lse)
-        for (int64_t r = 0; r < rows.count; ++r)
-          lses[sc.lse_at[bh] + blk.pass * s.nq + position(p, rows, r)] = lse[r];
+        for (int64_t r = 0; r < rows.count; ++r) {
+          const int64_t i = position(p, rows, r);
+          if (blk.pass == 0 && !rows.gathered && owned_elsewhere[pi].size() &&
+              owned_elsewhere[pi][i])
+            continue;
+          if (p.passes > 1) lses[sc.lse_at[bh] + blk.pass * s.nq + i] = lse[r];
+          if (row_lse && blk.pass == 0) row_lse[bh * s.nq + i] = lse[r];
+        }
     }
   }
   // Gathered rows replace what strided blocks wrote for them.
@@ -431,7 +445,7 @@ void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const T
                     out.head(bh / s.heads, bh % s.heads) + p.gather[rows.base + r] * D);
     }
   }
-  combine_passes(plan, s, sc, lses.data(), pass_out.data(), out);
+  combine_passes(plan, s, sc, lses.data(), pass_out.data(), out, row_lse);
 }
 
 double execute_plan_bytes(const TilePlan& plan, const Shape& s) {

@@ -119,10 +119,23 @@ void for_each_visible(const HeadPattern& p, const KeySpan& sp, int64_t i, F&& f)
   }
 }
 
+// Per query position: 1 if a block with gathered rows holds it (and so supplies its output).
+std::vector<uint8_t> gathered_rows(const HeadPattern& p, int64_t nq);
+
 // Runs the plan over the OnlineSoftmax kernel, in parallel over (batch·head, query block) with
-// every row computed by one thread in a fixed order: bit-identical for any thread count.
+// every row computed by one thread in a fixed order: bit-identical for any thread count. With
+// row_lse, also writes each row's log-sum-exp over all its keys to row_lse[bh·Nq + i] (−inf
+// for a row without keys): what the backward needs.
 void execute_plan(const TilePlan& plan, const Shape& s, const Tensor& q, const Tensor& k,
-                  const Tensor& v, Tensor& out);
+                  const Tensor& v, Tensor& out, float* row_lse = nullptr);
+// The gradients of execute_plan's output given dout (docs/ALGORITHMS.md §Backward): dQ walking
+// the plan's blocks, dK and dV walking its transposed index, each gradient row written by one
+// task in a fixed order (bit-identical for any thread count). row_lse: from execute_plan.
+void execute_plan_backward(const TilePlan& plan, const Shape& s, const Tensor& q, const Tensor& k,
+                           const Tensor& v, const Tensor& out, const float* row_lse,
+                           const Tensor& dout, Grads g);
+// Peak bytes execute_plan_backward allocates.
+double execute_plan_backward_bytes(const TilePlan& plan, const Shape& s);
 // Peak bytes execute_plan allocates: per-thread kernel scratch, gathered keys and values,
 // gathered rows' outputs, and the outputs and log-sum-exps of the passes after the first.
 double execute_plan_bytes(const TilePlan& plan, const Shape& s);
@@ -139,7 +152,17 @@ class PlanAttention : public Attention {
                     VisitedKeys& out) const override;
   std::shared_ptr<const TilePlan> plan(const Shape& s) const override;
 
+  // The backward of every plan builder: one executor over the plan and its transpose.
+  bool has_backward() const override { return true; }
+  double saved_bytes(const Shape& s) const override;  // the row log-sum-exps
+  double backward_extra_bytes(const Shape& s) const override;
+  void forward_train(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                     Saved& saved) override;
+
  protected:
+  void compute_backward(const Shape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Saved& saved, const Tensor& dout,
+                        Grads g) override;
   // The plan of a validated shape (finish() is called by plan()).
   virtual TilePlan build_plan(const Shape& s) const = 0;
   // Drops the kept plan (after the pattern's random state changed).

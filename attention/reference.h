@@ -11,6 +11,11 @@ namespace attn {
 // true = key j is visible to query i of head (b, h). Applied on top of the causal mask.
 using ElementMask = std::function<bool(int64_t b, int64_t h, int64_t i, int64_t j)>;
 
+// Logits z_ij (fp64) of query row i of head (b, h) over all Nk keys, −infinity where hidden;
+// returns their log-sum-exp (−infinity for a row with no visible key).
+double reference_logits(const Shape& s, const Tensor& q, const Tensor& k, int64_t b, int64_t h,
+                        int64_t i, const ElementMask* mask, std::vector<double>& z);
+
 // Softmax probabilities (fp64) of query row i of head (b, h) over all Nk keys, masked entries
 // 0. A row with no visible key is all zeros.
 void reference_probs(const Shape& s, const Tensor& q, const Tensor& k, int64_t b, int64_t h,
@@ -25,5 +30,15 @@ void reference_rows(const Shape& s, const Tensor& q, const Tensor& k, const Tens
 // Every output row, [B, H, Nq, D] in fp64. Parallel over rows, deterministic.
 std::vector<double> reference_attention(const Shape& s, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const ElementMask* mask = nullptr);
+
+// Gradients of L with respect to q, k, v for dout = ∂L/∂out, [B,H,N,D] each in fp64: the ground
+// truth of every gradient accuracy figure (docs/ALGORITHMS.md §Backward). Parallel over rows
+// (dQ) and keys (dK, dV), each sum sequential: independent of the thread count.
+struct ReferenceGrads {
+  std::vector<double> dq, dk, dv;
+};
+ReferenceGrads reference_gradients(const Shape& s, const Tensor& q, const Tensor& k,
+                                   const Tensor& v, const Tensor& dout,
+                                   const ElementMask* mask = nullptr);
 
 }  // namespace attn

@@ -15,6 +15,9 @@ void print_variants() {
   std::cout << "Variants (spec: name[:key=value,...]):\n";
   for (const auto& v : attn::variants()) {
     std::cout << "\n  " << v.name << "\n      " << v.doc << "\n";
+    std::cout << "      backward: "
+              << (v.make(attn::parse_params(v, ""))->has_backward() ? "yes" : "no backward yet")
+              << "\n";
     for (const auto& p : v.params)
       std::cout << "      " << p.describe() << "\n        " << p.doc << "\n";
   }
