@@ -26,6 +26,7 @@ const std::vector<Command>& commands();
 int cmd_list(const Args& args);
 int cmd_run(const Args& args);
 int cmd_apply(const Args& args);
+int cmd_inputs(const Args& args);
 int cmd_posenc(const Args& args);
 int cmd_plot(const Args& args);
 int cmd_compare(const Args& args);

@@ -16,6 +16,8 @@ const std::vector<Command>& commands() {
       {"merge", "the shard directories of a sweep --shard i/N as one result", cmd_merge},
       {"slurm", "a Slurm array job of a sweep's shards, then merge and plot", cmd_slurm},
       {"apply", "run one variant on q/k/v .npy files and write the output .npy", cmd_apply},
+      {"inputs", "write a distribution's generated q, k, v (and recall answer key) as .npy",
+       cmd_inputs},
       {"posenc", "positional encodings: parameter memory, lookup time, .npy tables", cmd_posenc},
       {"plot", "time, memory, error and speed-vs-error plots of a results dir", cmd_plot},
       {"compare", "regression gate: results.json vs a baseline (exit 1 if worse)", cmd_compare},

@@ -5,7 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
+#include "attention/npy.h"
 #include "harness/accuracy.h"
 #include "test_util.h"
 
@@ -184,6 +188,54 @@ TEST(Recall, ErrorVersusMeanIsOneForTheMeanOfVisibleValues) {
     for (int64_t j = 0; j <= (causal ? 7 : 299); ++j) m += in.v.head(0, 1)[j * 16 + 3];
     EXPECT_NEAR(ref.mean[(300 + 7) * 16 + 3], m / (causal ? 8 : 300), 1e-12);
   }
+}
+
+// `attnbench inputs` writes exactly the generated q, k, v and the answer key, so recall can be
+// scored outside attnbench: `apply --variant full` on the files, then each query row's nearest
+// codebook vector, is the planted pair for every query (full recalls everything).
+TEST(Recall, InputsCommandWritesTheProblemAndItsAnswerKey) {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("attn_inputs_" + std::to_string(getpid())))
+          .string();
+  std::filesystem::remove_all(dir);
+  const std::string args =
+      "--dist recall:pairs=16 --seq 512 --heads 2 --dim 32 --seed 3 --out " + dir;
+  CliResult r = run_cli("inputs " + args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Shape s{1, 2, 512, 512, 32, false};
+  const auto in = attnbench::make_inputs(s, "recall:pairs=16", 3);
+  const NpyArray q = read_npy(dir + "/q.npy"), k = read_npy(dir + "/k.npy");
+  EXPECT_EQ(q.shape, (std::vector<int64_t>{1, 2, 512, 32}));
+  EXPECT_TRUE(std::equal(q.data.begin(), q.data.end(), in.q.data()));
+  EXPECT_TRUE(std::equal(k.data.begin(), k.data.end(), in.k.data()));
+  // A second run refuses to replace the files unasked.
+  EXPECT_EQ(run_cli("inputs " + args).code, 2);
+  EXPECT_EQ(run_cli("inputs " + args + " --overwrite").code, 0);
+  EXPECT_EQ(run_cli("inputs --dist npy:" + dir + " --seq 8 --out " + dir + "/x").code, 2);
+
+  r = run_cli("apply --variant full --q " + dir + "/q.npy --k " + dir + "/k.npy --v " + dir +
+              "/v.npy --out " + dir + "/o.npy");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const NpyArray o = read_npy(dir + "/o.npy"), cb = read_npy(dir + "/recall_codebook.npy");
+  ASSERT_EQ(cb.shape, (std::vector<int64_t>{2, 16, 32}));
+  const auto key = nlohmann::json::parse(std::ifstream(dir + "/recall.json"));
+  ASSERT_EQ(key["queries"].size(), 2u);
+  int hits = 0, total = 0;
+  for (int64_t h = 0; h < 2; ++h)
+    for (const auto& q : key["queries"][h]) {
+      const float* out = o.data.data() + (h * 512 + q["row"].get<int64_t>()) * 32;
+      int64_t best = -1;
+      double best_dot = -1e30;
+      for (int64_t p = 0; p < 16; ++p) {
+        double dot = 0;
+        for (int64_t d = 0; d < 32; ++d) dot += out[d] * cb.data[(h * 16 + p) * 32 + d];
+        if (dot > best_dot) best_dot = dot, best = p;
+      }
+      hits += best == q["pair"].get<int64_t>(), ++total;
+    }
+  EXPECT_EQ(total, 32);
+  EXPECT_EQ(hits, total);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
