@@ -56,6 +56,34 @@ py::array_t<float> apply(const std::string& spec, const py::array& q, const py::
   return out;
 }
 
+// The output and dq, dk, dv of variant `spec` for dout = ∂L/∂out: forward_train, then backward,
+// with the GIL released; the same checks (and messages) as `apply --dout --grads-out`.
+py::tuple apply_with_gradients(const std::string& spec, const py::array& q, const py::array& k,
+                               const py::array& v, const py::array& dout, bool causal,
+                               float scale) {
+  auto attention = attn::make_attention(spec);
+  if (!attention->has_backward())
+    throw attn::UsageError(attention->name() +
+                           " has no backward yet; `attnbench list` marks the variants with one");
+  std::vector<int64_t> q_shape, k_shape;
+  const attn::Tensor tq = view_of(q, "q", &q_shape), tk = view_of(k, "k", &k_shape),
+                     tv = view_of(v, "v"), tdout = view_of(dout, "dout");
+  const attn::Shape s = attn::attention_shape(tq, tk, tv, causal, scale);
+  attention->validate(s);
+  py::array_t<float> out(q_shape), dq(q_shape), dk(k_shape), dv(k_shape);
+  attn::Tensor to = attn::Tensor::view(out.mutable_data(), s.batch, s.heads, s.nq, s.dim);
+  attn::Tensor tdq = attn::Tensor::view(dq.mutable_data(), s.batch, s.heads, s.nq, s.dim);
+  attn::Tensor tdk = attn::Tensor::view(dk.mutable_data(), s.batch, s.heads, s.nk, s.dim);
+  attn::Tensor tdv = attn::Tensor::view(dv.mutable_data(), s.batch, s.heads, s.nk, s.dim);
+  {
+    py::gil_scoped_release release;
+    attn::Saved saved;
+    attention->forward_train(s, tq, tk, tv, to, saved);
+    attention->backward(s, tq, tk, tv, to, saved, tdout, {tdq, tdk, tdv});
+  }
+  return py::make_tuple(out, dq, dk, dv);
+}
+
 py::array_t<double> reference(const py::array& q, const py::array& k, const py::array& v,
                               bool causal, float scale) {
   std::vector<int64_t> q_shape;
@@ -142,6 +170,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("variants", &variants);
   m.def("apply", &apply, py::arg("spec"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("causal"), py::arg("scale"));
+  m.def("apply_with_gradients", &apply_with_gradients, py::arg("spec"), py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("dout"), py::arg("causal"), py::arg("scale"));
   m.def("reference", &reference, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"),
         py::arg("scale"));
   m.def("to_float32", &to_float32, py::arg("a"), py::arg("name"));

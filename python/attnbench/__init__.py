@@ -84,15 +84,16 @@ def _check_flag(causal):
 
 def apply(spec, q, k, v, causal=False, scale=None, dout=None):
     """The output of variant `spec` ("name:key=value,...", see variants()) on q, k, v: a float32
-    array of q's shape. causal: the mask j <= i. scale: the logit scale (None = 1/sqrt(D))."""
-    if dout is not None:
-        raise NotImplementedError(
-            "apply(dout=...): gradients need a backward pass, which this attnbench does not have"
-        )
+    array of q's shape. causal: the mask j <= i. scale: the logit scale (None = 1/sqrt(D)).
+    dout (dL/d output, q's shape): returns (out, dq, dk, dv) instead, the gradients of the
+    variant's backward (ValueError for a variant without one; `attnbench list` marks them)."""
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a str such as 'full', got {type(spec).__name__}")
     causal = _check_flag(causal)
     q, k, v = (_as_input(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    if dout is not None:
+        return _core.apply_with_gradients(spec, q, k, v, _as_input(dout, "dout"), causal,
+                                          _scale(scale))
     return _core.apply(spec, q, k, v, causal, _scale(scale))
 
 

@@ -179,8 +179,36 @@ def test_non_numeric_input_and_bad_arguments_are_type_errors():
         attnbench.apply(3, q, k, v)
     with pytest.raises(TypeError, match="causal must be True or False"):
         attnbench.apply("full", q, k, v, causal="yes")
-    with pytest.raises(NotImplementedError, match="backward"):
-        attnbench.apply("full", q, k, v, dout=q)
+    with pytest.raises(ValueError, match="performer has no backward yet"):
+        attnbench.apply("performer", q, k, v, dout=q)
+    with pytest.raises(ValueError, match="dO has shape .* it must have the output's shape"):
+        attnbench.apply("full", q, k, v, dout=q[:3])
+
+
+def numpy_attention_gradients(q, k, v, dout, causal):
+    """fp64 gradients of softmax(q k^T / sqrt(D)) v for dout, by the chain rule written out."""
+    q, k, v, dout = (a.astype(np.float64) for a in (q, k, v, dout))
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], dtype=bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / np.sqrt(q.shape[-1])
+    return p @ v, ds @ k, np.swapaxes(ds, -1, -2) @ q, np.swapaxes(p, -1, -2) @ dout
+
+
+# Gradients from Python are the variant's backward: for `full`, those of exact attention.
+def test_apply_with_dout_returns_the_gradients():
+    q, k, v = inputs((2, 70, 16))
+    dout = inputs((2, 70, 16), seed=5)[0]
+    for causal in (False, True):
+        got = attnbench.apply("full", q, k, v, causal=causal, dout=dout)
+        want = numpy_attention_gradients(q, k, v, dout, causal)
+        assert len(got) == 4
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == np.float32
+            assert np.linalg.norm(g - w) / np.linalg.norm(w) < 1e-5
 
 
 def test_other_dtypes_and_orders_are_converted_with_a_warning():
