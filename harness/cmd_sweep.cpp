@@ -92,7 +92,7 @@ int cmd_sweep(const Args& args) {
       "threads)\n",
       res.rows.size(), opt.out_dir.c_str(),
       !opt.shard_count ? ""
-                    : ("shard " + Shard{opt.shard_index, opt.shard_count}.text() + ", ").c_str(),
+                       : ("shard " + Shard{opt.shard_index, opt.shard_count}.text() + ", ").c_str(),
       res.context.sgemm_ceiling_gflops, res.context.threads);
   return 0;
 }
